@@ -1,0 +1,60 @@
+"""auth: register, login (token issuance), refresh, me."""
+
+from __future__ import annotations
+
+import flask
+import functions_framework
+
+from shared_layer.database import session_scope
+from shared_layer.http import ApiRequest, Router
+from shared_layer.models import User
+from shared_layer.schemas.accounts import (
+    LoginRequest,
+    RefreshRequest,
+    TokenPair,
+    UserCreate,
+    UserPublic,
+)
+from shared_layer.services import accounts
+
+router = Router("auth")
+
+
+def _public(user: User) -> UserPublic:
+    return UserPublic.model_validate(user)
+
+
+@router.route("POST", "/register")
+def register(req: ApiRequest) -> tuple[UserPublic, int]:
+    body = req.parse(UserCreate)
+    with session_scope() as session:
+        user = accounts.register_user(
+            session, email=body.email, password=body.password, full_name=body.full_name
+        )
+        return _public(user), 201
+
+
+@router.route("POST", "/login")
+def login(req: ApiRequest) -> TokenPair:
+    body = req.parse(LoginRequest)
+    with session_scope() as session:
+        user = accounts.authenticate_user(session, email=body.email, password=body.password)
+        return accounts.issue_tokens(session, user=user)
+
+
+@router.route("POST", "/refresh")
+def refresh(req: ApiRequest) -> TokenPair:
+    body = req.parse(RefreshRequest)
+    with session_scope() as session:
+        return accounts.rotate_refresh_token(session, refresh_token=body.refresh_token)
+
+
+@router.route("GET", "/me", auth=True)
+def me(req: ApiRequest) -> UserPublic:
+    with session_scope() as session:
+        return _public(accounts.get_active_user(session, user_id=req.caller))
+
+
+@functions_framework.http
+def auth(request: flask.Request) -> flask.Response:
+    return router.dispatch(request)

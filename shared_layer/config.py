@@ -1,0 +1,299 @@
+"""Typed settings, built on first use and cached.
+
+Sources, highest priority first: init kwargs, environment variables, `.env`, then
+(only when `SECRET_MANAGER_PROJECT` is set) Google Secret Manager. On Cloud Functions the
+deployment injects secrets as environment variables (`secret_environment_variables`), which
+costs nothing at cold start; the Secret Manager source is for processes that run outside a
+function (migrations in Cloud Build, the CLI) or that must see a rotated secret without a
+redeploy. See docs/configuration.md.
+
+In production (`STRATUS_ENV=production`) a missing or placeholder secret stops the process
+with a message naming the variable, never its value.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from google.cloud.secretmanager import SecretManagerServiceClient
+
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "change-me", "changeme", "placeholder", "secret", "dev-only-insecure-secret", "xxx", "todo"}
+)
+DEV_JWT_SECRET = "dev-only-insecure-secret"  # noqa: S105 - refused in production by _production_problems
+DEFAULT_SQLITE_URL = "sqlite:///.stratus/stratus.db"
+
+
+class ConfigError(RuntimeError):
+    """Configuration that cannot run; the message names the variables, never their values."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    environment: Literal["local", "production"] = Field("local", alias="STRATUS_ENV")
+    function_name: str = Field("stratus", alias="K_SERVICE")
+    log_level: str = "INFO"
+
+    # database
+    database_url: str = DEFAULT_SQLITE_URL
+    database_pool_size: int = Field(5, ge=1, le=100)
+    database_echo: bool = False
+    cloud_sql_instance: str | None = None  # "project:region:instance" → Cloud SQL connector
+    db_user: str = "stratus"
+    db_password: SecretStr | None = None
+    db_name: str = "stratus"
+    cloud_sql_iam_auth: bool = False
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # LLM
+    llm_provider: Literal["auto", "offline", "openai"] = "auto"
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    openai_temperature: float = Field(0.7, ge=0, le=2)
+    openai_timeout_seconds: float = Field(60.0, gt=0)
+    openai_max_retries: int = Field(2, ge=0, le=10)
+
+    # security
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = "stratus"
+    jwt_audience: str = "stratus-api"
+    access_token_ttl_seconds: int = Field(900, ge=60, le=86_400)
+    refresh_token_ttl_days: int = Field(30, ge=1, le=365)
+    password_min_length: int = Field(8, ge=8, le=128)
+    bcrypt_rounds: int = Field(12, ge=4, le=16)
+
+    # HTTP API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    cors_origins: list[str] = Field(default_factory=list)
+    debug: bool = False
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+    # Google Cloud
+    gcp_project_id: str | None = Field(None, alias="GOOGLE_CLOUD_PROJECT")
+    gcs_bucket: str | None = None
+    gcp_credentials_file: str | None = Field(None, alias="GOOGLE_APPLICATION_CREDENTIALS")
+    secret_manager_project: str | None = None
+    pubsub_mode: Literal["local", "gcp"] = "local"
+    tasks_topic: str = "stratus-tasks"
+    local_push_endpoint: str | None = None  # local mode: deliver over HTTP instead of in-process
+
+    # agents and tasks
+    agent_system: Literal["simple", "enhanced"] = "simple"
+    agent_timeout_seconds: int = Field(60, ge=1, le=3600)
+    agent_max_tokens: int = Field(1024, ge=1, le=128_000)
+    agent_memory_messages: int = Field(10, ge=0, le=200)
+    task_max_attempts: int = Field(3, ge=1, le=20)
+    task_max_input_chars: int = Field(32_000, ge=1)
+
+    # billing and email (used from issue 3 on)
+    stripe_secret_key: SecretStr | None = None
+    stripe_publishable_key: str | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    sendgrid_api_key: SecretStr | None = None
+    sendgrid_from_email: str = "no-reply@example.com"
+    sendgrid_from_name: str = "Stratus"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = (init_settings, env_settings, dotenv_settings, file_secret_settings)
+        project = os.environ.get("SECRET_MANAGER_PROJECT")
+        if not project:
+            return sources
+        from pydantic_settings import GoogleSecretManagerSettingsSource
+
+        secret_source = GoogleSecretManagerSettingsSource(
+            settings_cls,
+            project_id=project,
+            secret_client=secret_manager_client(),
+            case_sensitive=False,
+        )
+        return (*sources, secret_source)
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def llm_mode(self) -> Literal["offline", "openai"]:
+        """`auto` means OpenAI when a key or a base URL is configured, else offline."""
+        if self.llm_provider != "auto":
+            return self.llm_provider
+        return "openai" if (self.openai_api_key or self.openai_base_url) else "offline"
+
+
+def secret_manager_client() -> SecretManagerServiceClient:
+    """A Secret Manager client over REST; `SECRET_MANAGER_ENDPOINT` points it at an emulator."""
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.secretmanager import SecretManagerServiceClient
+
+    endpoint = os.environ.get("SECRET_MANAGER_ENDPOINT")
+    if endpoint:
+        return SecretManagerServiceClient(
+            transport="rest",
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options=ClientOptions(api_endpoint=endpoint),
+        )
+    return SecretManagerServiceClient(transport="rest")
+
+
+def _is_placeholder(secret: SecretStr | None) -> bool:
+    return secret is None or secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """What stops this configuration from running in production, naming each variable."""
+    problems: list[str] = []
+    if _is_placeholder(settings.jwt_secret):
+        problems.append("JWT_SECRET is missing or a placeholder")
+    elif len(settings.jwt_secret.get_secret_value()) < 32:
+        problems.append("JWT_SECRET is shorter than 32 characters")
+    if settings.cloud_sql_instance:
+        if not settings.cloud_sql_iam_auth and _is_placeholder(settings.db_password):
+            problems.append("DB_PASSWORD is missing or a placeholder (CLOUD_SQL_INSTANCE is set)")
+    elif settings.database_url.startswith("sqlite"):
+        problems.append("DATABASE_URL points at SQLite; set it or CLOUD_SQL_INSTANCE")
+    if settings.llm_mode == "openai" and not settings.openai_base_url:
+        if _is_placeholder(settings.openai_api_key):
+            problems.append("OPENAI_API_KEY is missing or a placeholder")
+    elif settings.llm_provider != "offline":
+        problems.append("OPENAI_API_KEY is missing (or set LLM_PROVIDER=offline on purpose)")
+    if settings.pubsub_mode == "gcp" and not settings.gcp_project_id:
+        problems.append("GOOGLE_CLOUD_PROJECT is missing (PUBSUB_MODE=gcp)")
+    return problems
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    settings = Settings()
+    if settings.is_production:
+        problems = production_problems(settings)
+        if problems:
+            raise ConfigError("refusing to start in production: " + "; ".join(problems))
+    return settings
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests, and the CLI after it changes the environment)."""
+    get_settings.cache_clear()
+
+
+# Grouped accessors, as the seed's modules offered them.
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    host: str
+    port: int
+    cors_origins: list[str]
+    debug: bool
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    mode: Literal["offline", "openai"]
+    api_key: SecretStr | None
+    base_url: str | None
+    model: str
+    temperature: float
+    timeout_seconds: float
+    max_retries: int
+
+
+@dataclass(frozen=True)
+class StripeConfig:
+    secret_key: SecretStr | None
+    publishable_key: str | None
+    webhook_secret: SecretStr | None
+
+
+@dataclass(frozen=True)
+class SendGridConfig:
+    api_key: SecretStr | None
+    from_email: str
+    from_name: str
+
+
+@dataclass(frozen=True)
+class GcpConfig:
+    project_id: str | None
+    bucket: str | None
+    credentials_file: str | None
+    pubsub_mode: str
+    tasks_topic: str
+
+
+def get_database_url() -> str:
+    return get_settings().database_url
+
+
+def get_redis_url() -> str:
+    return get_settings().redis_url
+
+
+def get_api_config() -> ApiConfig:
+    s = get_settings()
+    return ApiConfig(s.api_host, s.api_port, list(s.cors_origins), s.debug, s.max_body_bytes)
+
+
+def get_openai_config() -> OpenAIConfig:
+    s = get_settings()
+    return OpenAIConfig(
+        s.llm_mode,
+        s.openai_api_key,
+        s.openai_base_url,
+        s.openai_model,
+        s.openai_temperature,
+        s.openai_timeout_seconds,
+        s.openai_max_retries,
+    )
+
+
+def get_stripe_config() -> StripeConfig:
+    s = get_settings()
+    return StripeConfig(s.stripe_secret_key, s.stripe_publishable_key, s.stripe_webhook_secret)
+
+
+def get_sendgrid_config() -> SendGridConfig:
+    s = get_settings()
+    return SendGridConfig(s.sendgrid_api_key, s.sendgrid_from_email, s.sendgrid_from_name)
+
+
+def get_gcp_config() -> GcpConfig:
+    s = get_settings()
+    return GcpConfig(
+        s.gcp_project_id, s.gcs_bucket, s.gcp_credentials_file, s.pubsub_mode, s.tasks_topic
+    )

@@ -1,0 +1,115 @@
+"""The errors services raise, and the one table that maps them to HTTP problems.
+
+    StratusError
+    ├── InvalidInput          400  the request is malformed or a field is invalid
+    ├── Unauthorized          401  no credentials, or credentials that do not verify
+    ├── Forbidden             403  authenticated, but not allowed
+    ├── NotFound              404  no such resource (or not yours: we do not say which)
+    ├── MethodNotAllowed      405
+    ├── Conflict              409  the resource exists or is in the wrong state
+    ├── PayloadTooLarge       413
+    ├── UnsupportedMediaType  415
+    ├── RateLimited           429
+    └── UpstreamError         503  a dependency (database, LLM, Pub/Sub) failed; retryable
+
+Services never know status codes; `problem_for` is the only place that does. Each
+problem is an RFC 9457 `application/problem+json` document with a stable `type`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+PROBLEM_BASE = "https://stratus.dev/problems/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class StratusError(Exception):
+    """Base of every error a service raises on purpose."""
+
+    status = 500
+    slug = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str, *, extra: Mapping[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra: dict[str, Any] = dict(extra or {})
+
+
+class InvalidInput(StratusError):
+    status, slug, title = 400, "invalid-input", "Invalid input"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: Sequence[Mapping[str, Any]] = (),
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail, extra=extra)
+        self.errors = [dict(e) for e in errors]
+        if self.errors:
+            self.extra["errors"] = self.errors
+
+
+class Unauthorized(StratusError):
+    status, slug, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(StratusError):
+    status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(StratusError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class MethodNotAllowed(StratusError):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+    def __init__(self, detail: str, *, allowed: Sequence[str]) -> None:
+        super().__init__(detail, extra={"allowed": sorted(allowed)})
+        self.allowed = sorted(allowed)
+
+
+class Conflict(StratusError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(StratusError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(StratusError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class RateLimited(StratusError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+class UpstreamError(StratusError):
+    """A dependency failed in a way that may pass: callers may retry."""
+
+    status, slug, title = 503, "upstream-unavailable", "Upstream unavailable"
+
+
+def problem_for(error: StratusError, *, instance: str | None = None) -> dict[str, Any]:
+    """The RFC 9457 body for an error; `extra` members never override the standard ones."""
+    body: dict[str, Any] = {
+        **error.extra,
+        "type": PROBLEM_BASE + error.slug,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+    }
+    if instance:
+        body["instance"] = instance
+    return body
+
+
+def internal_problem(*, instance: str | None = None) -> dict[str, Any]:
+    """The body for a bug: it says nothing of the cause (that goes to the log)."""
+    return problem_for(StratusError("An unexpected error occurred; it has been logged."), instance=instance)

@@ -1,0 +1,282 @@
+"""The HTTP adapter every HTTP function shares: routing, parsing, auth, problem responses.
+
+A function's `main.py` declares its routes on a `Router` and hands each request to it:
+
+    router = Router("agents")
+
+    @router.route("GET", "/agents/{agent_id}", auth=True)
+    def get_agent(req: ApiRequest) -> Reply: ...
+
+    @functions_framework.http
+    def agents(request: flask.Request) -> flask.Response:
+        return router.dispatch(request)
+
+Everything that goes wrong becomes one `application/problem+json` response here: unknown
+routes (404), wrong methods (405), bodies over the limit (413), non-JSON (415), malformed JSON
+and invalid fields (400), bad tokens (401), `StratusError`s from services, and bugs (500, with
+the trace in the log and never in the response).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import flask
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+from werkzeug.routing.exceptions import RequestRedirect
+
+from shared_layer.config import get_settings
+from shared_layer.errors import (
+    PROBLEM_CONTENT_TYPE,
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    StratusError,
+    Unauthorized,
+    UnsupportedMediaType,
+    internal_problem,
+    problem_for,
+)
+from shared_layer.logging_config import (
+    configure_logging,
+    log_api_call,
+    log_context,
+    log_security_event,
+    trace_from_headers,
+)
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+Reply = BaseModel | list[Any] | dict[str, Any] | tuple[Any, int] | flask.Response | None
+Handler = Callable[["ApiRequest"], Reply]
+
+_TEMPLATE_PARAM = re.compile(r"\{(\w+)\}")
+
+
+@dataclass
+class ApiRequest:
+    """What a handler sees: the flask request, path parameters and the caller, once checked."""
+
+    raw: flask.Request
+    params: dict[str, str]
+    route: str
+    max_body_bytes: int
+    user_id: uuid.UUID | None = None
+    _body: bytes | None = field(default=None, repr=False)
+
+    @property
+    def caller(self) -> uuid.UUID:
+        if self.user_id is None:  # a route without auth=True asked for the caller: a bug
+            raise RuntimeError("route does not authenticate its caller")
+        return self.user_id
+
+    def body_bytes(self) -> bytes:
+        if self._body is None:
+            length = self.raw.content_length
+            if length is not None and length > self.max_body_bytes:
+                raise PayloadTooLarge(f"the body is {length} bytes; the limit is {self.max_body_bytes}")
+            data = self.raw.stream.read(self.max_body_bytes + 1)
+            if len(data) > self.max_body_bytes:
+                raise PayloadTooLarge(f"the body is over the limit of {self.max_body_bytes} bytes")
+            self._body = data
+        return self._body
+
+    def json(self) -> Any:
+        """The body parsed as JSON; 415 when it is not declared JSON, 400 when it is malformed."""
+        mimetype = self.raw.mimetype
+        if mimetype != "application/json" and not mimetype.endswith("+json"):
+            raise UnsupportedMediaType(
+                f"expected a body of type application/json, got {mimetype or 'none'}"
+            )
+        data = self.body_bytes()
+        if not data.strip():
+            raise InvalidInput("the body is empty; expected a JSON object")
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+
+    def parse(self, model: type[M]) -> M:
+        """The body validated against `model`; 400 naming each offending field."""
+        try:
+            return model.model_validate(self.json())
+        except ValidationError as exc:
+            raise invalid_input_from(exc, where="body") from None
+
+    def query(self, model: type[M]) -> M:
+        try:
+            return model.model_validate(self.raw.args.to_dict())
+        except ValidationError as exc:
+            raise invalid_input_from(exc, where="query") from None
+
+    def uuid_param(self, name: str, what: str) -> uuid.UUID:
+        """A path id; one that is not a UUID names no resource, so it is a 404."""
+        value = self.params[name]
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            raise NotFound(f"no {what} with id {value!r}") from None
+
+
+def invalid_input_from(exc: ValidationError, *, where: str) -> InvalidInput:
+    errors = [
+        {
+            "field": ".".join(str(p) for p in err["loc"]) or "(root)",
+            "message": err["msg"],
+            "type": err["type"],
+        }
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+    fields = ", ".join(e["field"] for e in errors)
+    return InvalidInput(f"invalid {where}: {fields}", errors=errors)
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> flask.Response:
+    response = flask.Response(
+        json.dumps(body), status=body["status"], mimetype=PROBLEM_CONTENT_TYPE
+    )
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def json_response(body: Any, status: int = 200) -> flask.Response:
+    if isinstance(body, BaseModel):
+        text = body.model_dump_json()
+    elif isinstance(body, list) and body and isinstance(body[0], BaseModel):
+        text = "[" + ",".join(item.model_dump_json() for item in body) + "]"
+    else:
+        text = json.dumps(body, default=str)
+    return flask.Response(text, status=status, mimetype="application/json")
+
+
+@dataclass
+class _Route:
+    method: str
+    template: str
+    handler: Handler
+    auth: bool
+
+
+class Router:
+    """Routes of one HTTP function, by OpenAPI-style templates (`/agents/{agent_id}`)."""
+
+    def __init__(self, function: str) -> None:
+        self.function = function
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._map = Map(strict_slashes=False, merge_slashes=False)
+        configure_logging()
+
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        """(method, template) pairs, for the OpenAPI conformance test."""
+        return sorted(self._routes)
+
+    def route(self, method: str, template: str, *, auth: bool = False) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            method_ = method.upper()
+            self._routes[(method_, template)] = _Route(method_, template, handler, auth)
+            rule = _TEMPLATE_PARAM.sub(r"<\1>", template)
+            self._map.add(Rule(rule, endpoint=(method_, template), methods=[method_]))
+            return handler
+
+        return register
+
+    def dispatch(self, request: flask.Request) -> flask.Response:
+        trace, span = trace_from_headers(request.headers)
+        execution_id = request.headers.get("Function-Execution-Id")
+        started = time.perf_counter()
+        with log_context(function=self.function, trace=trace, span=span, execution_id=execution_id):
+            api_request: ApiRequest | None = None
+            try:
+                route, params = self._match(request)
+                api_request = ApiRequest(
+                    raw=request,
+                    params=params,
+                    route=route.template,
+                    max_body_bytes=get_settings().max_body_bytes,
+                )
+                if route.auth:
+                    api_request.user_id = authenticate(request)
+                response = _to_response(route.handler(api_request))
+            except StratusError as exc:
+                response = self._problem(exc, request)
+            except Exception:
+                logger.exception("unhandled error in %s %s", request.method, request.path)
+                response = problem_response(internal_problem(instance=request.path))
+            duration_ms = (time.perf_counter() - started) * 1000
+            user = api_request.user_id if api_request else None
+            log_api_call(
+                api_request.route if api_request else request.path,
+                request.method,
+                response.status_code,
+                duration_ms,
+                user,
+            )
+            return response
+
+    def _match(self, request: flask.Request) -> tuple[_Route, dict[str, str]]:
+        adapter = self._map.bind("stratus", path_info=request.path or "/")
+        method = request.method.upper()
+        try:
+            endpoint, params = adapter.match(method=method)
+        except RequestRedirect:
+            raise NotFound(f"no route {request.path}") from None
+        except HTTPException as exc:
+            allowed = getattr(exc, "valid_methods", None)
+            if allowed:
+                raise MethodNotAllowed(
+                    f"{method} is not allowed on {request.path}", allowed=allowed
+                ) from None
+            raise NotFound(f"no route {method} {request.path} in the {self.function} function") from None
+        return self._routes[endpoint], params
+
+    def _problem(self, exc: StratusError, request: flask.Request) -> flask.Response:
+        headers: dict[str, str] = {}
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+            log_security_event("auth_failed", path=request.path, reason=exc.detail)
+        if isinstance(exc, MethodNotAllowed):
+            headers["Allow"] = ", ".join(exc.allowed)
+        if exc.status >= 500:
+            logger.warning("%s: %s", type(exc).__name__, exc.detail)
+        return problem_response(problem_for(exc, instance=request.path), headers)
+
+
+def _to_response(reply: Reply) -> flask.Response:
+    if isinstance(reply, flask.Response):
+        return reply
+    if reply is None:
+        return flask.Response(status=204)
+    if isinstance(reply, tuple):
+        body, status = reply
+        return json_response(body, status)
+    return json_response(reply)
+
+
+def bearer_token(request: flask.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    if not header:
+        raise Unauthorized("missing Authorization header; expected 'Bearer <access token>'")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("malformed Authorization header; expected 'Bearer <access token>'")
+    return token.strip()
+
+
+def authenticate(request: flask.Request) -> uuid.UUID:
+    """The caller's user id from a bearer access token."""
+    from shared_layer.auth import verify_token
+
+    return verify_token(bearer_token(request)).user_id

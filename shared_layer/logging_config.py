@@ -1,0 +1,165 @@
+"""JSON-lines logging that Cloud Logging understands, configured once per process.
+
+Every line carries `severity`, `message`, the logger name, the function's name and, inside a
+request or a task, `logging.googleapis.com/trace` (from `traceparent` or
+`X-Cloud-Trace-Context`) and the execution id as labels. Structured fields go in as keyword
+arguments on the service loggers (`get_api_logger().info("...", user_id=...)`) or as `extra`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+_context: ContextVar[dict[str, str] | None] = ContextVar("stratus_log_context", default=None)
+_configured = False
+
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-[0-9a-f]{2}$")
+SECURITY_LABEL = "security_event"
+
+
+def trace_from_headers(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The (trace id, span id) of a request, from W3C `traceparent` or Google's header."""
+    match = _TRACEPARENT.match(headers.get("traceparent", "").strip().lower())
+    if match:
+        return match["trace"], match["span"]
+    cloud = headers.get("X-Cloud-Trace-Context", "")
+    if cloud:
+        trace, _, rest = cloud.partition("/")
+        span = rest.split(";")[0] or None
+        if re.fullmatch(r"[0-9a-fA-F]{32}", trace):
+            return trace.lower(), span
+    return None, None
+
+
+@contextmanager
+def log_context(**fields: str | None) -> Iterator[None]:
+    """Add fields (trace, span, execution_id, function, …) to every line logged inside."""
+    current = dict(_context.get() or {})
+    current.update({k: v for k, v in fields.items() if v})
+    token = _context.set(current)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        context = _context.get() or {}
+        entry: dict[str, Any] = {
+            "severity": record.levelname if record.levelname != "WARN" else "WARNING",
+            "message": record.getMessage(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "logger": record.name,
+        }
+        labels = {"function": context.get("function") or os.environ.get("K_SERVICE", "stratus")}
+        if context.get("execution_id"):
+            labels["execution_id"] = context["execution_id"]
+        for key, value in record.__dict__.items():
+            if key in _STANDARD_ATTRS or key.startswith("_"):
+                continue
+            if key == "labels" and isinstance(value, dict):
+                labels.update({str(k): str(v) for k, v in value.items()})
+            else:
+                entry[key] = value
+        entry["logging.googleapis.com/labels"] = labels
+        trace = context.get("trace")
+        if trace:
+            project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+            entry["logging.googleapis.com/trace"] = f"projects/{project}/traces/{trace}" if project else trace
+            if context.get("span"):
+                entry["logging.googleapis.com/spanId"] = context["span"]
+        if record.exc_info:
+            entry["stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Send JSON lines to stdout; idempotent, so every function may call it at import."""
+    global _configured
+    if _configured:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not getattr(h, "_stratus", False)]
+    handler._stratus = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))
+    _configured = True
+
+
+class StructuredLogger(logging.LoggerAdapter[logging.Logger]):
+    """`logger.info("...", user_id=..., endpoint=...)`: keyword fields become JSON fields."""
+
+    _reserved = frozenset({"exc_info", "stack_info", "stacklevel", "extra"})
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k not in self._reserved}
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {}), **fields}
+        return msg, kwargs
+
+
+def get_logger(name: str) -> StructuredLogger:
+    return StructuredLogger(logging.getLogger(name), {})
+
+
+def get_api_logger() -> StructuredLogger:
+    return get_logger("stratus.api")
+
+
+def get_agent_logger() -> StructuredLogger:
+    return get_logger("stratus.agent")
+
+
+def get_web_logger() -> StructuredLogger:
+    return get_logger("stratus.web")
+
+
+def get_shared_logger() -> StructuredLogger:
+    return get_logger("stratus.shared")
+
+
+def get_security_logger() -> StructuredLogger:
+    return get_logger("stratus.security")
+
+
+def log_api_call(
+    endpoint: str, method: str, status: int, duration_ms: float, user_id: object | None = None
+) -> None:
+    get_api_logger().info(
+        f"{method} {endpoint} -> {status}",
+        endpoint=endpoint,
+        method=method,
+        status=status,
+        duration_ms=round(duration_ms, 2),
+        user_id=str(user_id) if user_id else None,
+    )
+
+
+def log_task_execution(
+    task: object, status: str, duration_ms: float, user_id: object | None = None
+) -> None:
+    get_agent_logger().info(
+        f"task {task} {status}",
+        task_id=str(task),
+        status=status,
+        duration_ms=round(duration_ms, 2),
+        user_id=str(user_id) if user_id else None,
+    )
+
+
+def log_security_event(event: str, **fields: Any) -> None:
+    """A line a log-based alert can match on: `labels.security_event`."""
+    get_security_logger().warning(event, labels={SECURITY_LABEL: event}, **fields)

@@ -1,0 +1,1 @@
+"""Services: keyword-only functions that take a session, add/flush, and raise `StratusError`s."""

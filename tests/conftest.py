@@ -1,0 +1,212 @@
+"""Fixtures shared by every test: databases (SQLite and PostgreSQL), settings, function clients.
+
+PostgreSQL comes from `STRATUS_TEST_POSTGRES_URL` (default: the local server on 5432, database
+`test`); where none answers, a throwaway server is started from the installed binaries; where
+that is impossible too, the PostgreSQL half is skipped and says so — except under `CI=true`,
+where a missing PostgreSQL fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from tests.support.postgres import PostgresUnavailable, provide_postgres
+
+ROOT = Path(__file__).resolve().parents[1]
+FUNCTIONS = ROOT / "functions"
+
+# Settings every test starts from; a test changes them with `settings_env`.
+BASE_ENV = {
+    "STRATUS_ENV": "local",
+    "JWT_SECRET": "test-secret-" + "x" * 40,
+    "BCRYPT_ROUNDS": "4",
+    "LLM_PROVIDER": "offline",
+    "PUBSUB_MODE": "local",
+    "LOCAL_PUSH_MODE": "sync",
+    "LOG_LEVEL": "INFO",
+}
+_UNSET = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SECRET_MANAGER_PROJECT", "CLOUD_SQL_INSTANCE",
+          "LOCAL_PUSH_ENDPOINT", "GOOGLE_CLOUD_PROJECT", "PUBSUB_EMULATOR_HOST")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.chdir(ROOT / "tests")  # no stray .env from the working tree leaks into settings
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str | None]:
+    try:
+        with provide_postgres() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required under CI=true: {exc}")
+        yield None
+
+
+def _reset_runtime() -> None:
+    from shared_layer.config import reset_settings
+    from shared_layer.database import reset_engine
+
+    reset_settings()
+    reset_engine()
+    try:
+        from shared_layer.pubsub import reset_publisher
+    except ImportError:  # pragma: no cover - before the publisher exists
+        return
+    reset_publisher()
+
+
+@pytest.fixture(scope="session")
+def _migrated_databases(
+    tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: str | None
+) -> Iterator[dict[str, str | None]]:
+    """One migrated database per backend for the whole session; tests empty it after use."""
+    from shared_layer.database import build_engine
+    from shared_layer.migrate import upgrade
+
+    sqlite_url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'stratus.db'}"
+    urls: dict[str, str | None] = {"sqlite": sqlite_url, "postgresql": None}
+    created: str | None = None
+    if postgres_admin_url:
+        created = f"stratus_test_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{created}"'))
+        urls["postgresql"] = postgres_admin_url.rsplit("/", 1)[0] + "/" + created
+    for url in urls.values():
+        if url:
+            engine = build_engine(url)
+            upgrade(engine)
+            engine.dispose()
+    yield urls
+    if created and postgres_admin_url:
+        _reset_runtime()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{created}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Set environment variables and rebuild settings, engine and publisher from them."""
+
+    def apply(**values: str | None) -> None:
+        for key, value in values.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        _reset_runtime()
+
+    return apply
+
+
+@pytest.fixture(autouse=True)
+def _base_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key, value in BASE_ENV.items():
+        monkeypatch.setenv(key, value)
+    for key in _UNSET:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///:memory:")
+    _reset_runtime()
+    yield
+    _reset_runtime()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, _migrated_databases: dict[str, str | None]) -> str:
+    if request.param == "postgresql" and not _migrated_databases["postgresql"]:
+        pytest.skip("PostgreSQL is not available here (see tests/conftest.py); SQLite half ran")
+    return str(request.param)
+
+
+@pytest.fixture
+def db(
+    backend: str,
+    _migrated_databases: dict[str, str | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Engine]:
+    """The configured database for this test (SQLite or PostgreSQL), emptied afterwards."""
+    from shared_layer.database import get_engine
+
+    url = _migrated_databases[backend]
+    assert url
+    monkeypatch.setenv("DATABASE_URL", url)
+    _reset_runtime()
+    engine = get_engine()
+    yield engine
+    _empty_tables(engine)
+
+
+@pytest.fixture
+def pg(
+    _migrated_databases: dict[str, str | None], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Engine]:
+    """PostgreSQL only, for the concurrency tests."""
+    from shared_layer.database import get_engine
+
+    url = _migrated_databases["postgresql"]
+    if not url:
+        pytest.skip("PostgreSQL is not available here (see tests/conftest.py)")
+    monkeypatch.setenv("DATABASE_URL", url)
+    _reset_runtime()
+    engine = get_engine()
+    yield engine
+    _empty_tables(engine)
+
+
+def _empty_tables(engine: Engine) -> None:
+    from shared_layer.models import Base
+
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(text(f'DELETE FROM "{table}"'))
+
+
+def table_counts(engine: Engine) -> dict[str, int]:
+    """Rows per table: tests compare it before and after a bad request."""
+    from shared_layer.models import Base
+
+    with engine.connect() as conn:
+        return {
+            t.name: int(conn.execute(text(f'SELECT count(*) FROM "{t.name}"')).scalar_one())
+            for t in Base.metadata.sorted_tables
+        }
+
+
+_apps: dict[str, Any] = {}
+
+
+def function_app(name: str) -> Any:
+    """The function's app as functions-framework builds it; one per function per session."""
+    import functions_framework
+
+    if name not in _apps:
+        _apps[name] = functions_framework.create_app(
+            target=name, source=str(FUNCTIONS / name / "main.py")
+        )
+    return _apps[name]
+
+
+@pytest.fixture
+def client() -> Callable[[str], FlaskClient]:
+    """`client("auth")`: a test client of that function through functions-framework."""
+
+    def make(name: str) -> FlaskClient:
+        return function_app(name).test_client()
+
+    return make
