@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     pubsub_mode: Literal["local", "gcp"] = "local"
     tasks_topic: str = "stratus-tasks"
     local_push_endpoint: str | None = None  # local mode: deliver over HTTP instead of in-process
+    local_push_mode: Literal["thread", "sync"] = "thread"  # sync: deliver before publish returns
+    pubsub_subscription: str = "stratus-tasks-task-runner"
 
     # agents and tasks
     agent_system: Literal["simple", "enhanced"] = "simple"
