@@ -10,6 +10,7 @@
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415
     ├── RateLimited           429
+    ├── LLMRequestError       502  the language model rejected the request; permanent
     └── UpstreamError         503  a dependency (database, LLM, Pub/Sub) failed; retryable
 
 Services never know status codes; `problem_for` is the only place that does. Each
@@ -88,6 +89,13 @@ class UnsupportedMediaType(StratusError):
 
 class RateLimited(StratusError):
     status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+class LLMRequestError(StratusError):
+    """The model's API refused the request itself (bad request, unknown model, bad key): retrying
+    the same request cannot succeed."""
+
+    status, slug, title = 502, "llm-request-rejected", "Language model rejected the request"
 
 
 class UpstreamError(StratusError):

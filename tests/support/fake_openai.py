@@ -1,0 +1,272 @@
+"""A loopback server that speaks the OpenAI REST API, for the real `openai` client to call.
+
+It answers `POST /v1/chat/completions` and `POST /v1/embeddings` with the JSON shapes OpenAI
+returns, derived deterministically from the request (the chat answer is
+`echo: <last user message>`), records every request, and can be told to fail the next N calls
+with a status (429, 500, 400, ...) or to answer slowly. Errors carry OpenAI's error body.
+
+    with FakeOpenAIServer() as server:
+        settings_env(LLM_PROVIDER="openai", OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="k")
+        server.fail_next(500, times=2)
+
+Standalone (the cold-start benchmark uses it): `python -m tests.support.fake_openai --port 8081`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import logging
+import math
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+EMBEDDING_DIMENSIONS = 16
+
+_ERROR_TYPES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("invalid_request_error", "invalid_api_key"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("rate_limit_exceeded", "rate_limit_exceeded"),
+}
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class _Failure:
+    status: int
+    remaining: int
+
+
+def _tokens(text: str) -> int:
+    """A stand-in token count: words, at least one per non-empty text."""
+    return max(1, len(text.split())) if text else 0
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def chat_answer(messages: list[dict[str, Any]]) -> str:
+    """The reply the fake gives: `echo: ` and the last user message."""
+    users = [_content_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    return "echo: " + (users[-1] if users else "")
+
+
+def fake_embedding(text: str) -> list[float]:
+    """A unit vector derived from the text's SHA-256 (same text, same vector)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [(b - 127.5) / 127.5 for b in digest[:EMBEDDING_DIMENSIONS]]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read .requests
+        return
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/models":
+            models = [
+                {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
+                for m in ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
+            ]
+            self._send(200, {"object": "list", "data": models})
+        else:
+            self._error(404, f"Unknown route GET {self.path}")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            self._error(400, "We could not parse the JSON body of your request.")
+            return
+        fake = self.server.fake
+        fake._record(RecordedRequest("POST", self.path, dict(self.headers.items()), body))
+        if fake.delay_seconds:
+            time.sleep(fake.delay_seconds)
+        status = fake._take_failure()
+        if status is not None:
+            self._error(status, f"Simulated failure with status {status}.")
+            return
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/v1/chat/completions":
+            self._send(200, self._chat(body))
+        elif path == "/v1/embeddings":
+            self._send(200, self._embeddings(body))
+        else:
+            self._error(404, f"Unknown route POST {self.path}")
+
+    def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        messages = body.get("messages") or []
+        answer = chat_answer(messages)
+        prompt = sum(_tokens(_content_text(m.get("content"))) for m in messages)
+        completion = _tokens(answer)
+        fake = self.server.fake
+        return {
+            "id": f"chatcmpl-fake{fake._next_id()}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "gpt-4o-mini"),
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+
+    def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs or []]
+        data = []
+        for index, text in enumerate(texts):
+            vector = fake_embedding(text)
+            embedding: Any = vector
+            if body.get("encoding_format") == "base64":  # the client's default: float32 LE
+                embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(_tokens(t) for t in texts)
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.get("model", "text-embedding-3-small"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def _error(self, status: int, message: str) -> None:
+        kind, code = _ERROR_TYPES.get(status, ("server_error", None))
+        headers = {"retry-after-ms": "10"} if status == 429 else {}
+        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        self._send(status, body, headers)
+
+    def _send(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("x-request-id", f"req_fake{self.server.fake._next_id()}")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: FakeOpenAIServer
+
+
+@dataclass
+class FakeOpenAIServer:
+    """The fake, on a free loopback port while the `with` block runs."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    delay_seconds: float = 0.0
+    requests: list[RecordedRequest] = field(default_factory=list)
+    _failures: list[_Failure] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _counter: int = 0
+    _httpd: _Server | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._httpd is not None, "the server is not running"
+        return f"http://{self.host}:{self._httpd.server_address[1]}/v1"
+
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.startswith("/v1/chat/completions")]
+
+    def fail_next(self, status: int, times: int = 1) -> None:
+        """Answer the next `times` POSTs with `status` and an OpenAI error body."""
+        with self._lock:
+            self._failures.append(_Failure(status, times))
+
+    def start(self) -> FakeOpenAIServer:
+        self._httpd = _Server((self.host, self.port), _Handler)
+        self._httpd.fake = self
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _take_failure(self) -> int | None:
+        with self._lock:
+            while self._failures and self._failures[0].remaining <= 0:
+                self._failures.pop(0)
+            if not self._failures:
+                return None
+            self._failures[0].remaining -= 1
+            return self._failures[0].status
+
+    def _next_id(self) -> int:
+        with self._lock:
+            self._counter += 1
+            return self._counter
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    args = parser.parse_args()
+    server = FakeOpenAIServer(host=args.host, port=args.port).start()
+    logging.basicConfig(level="INFO")
+    logging.getLogger(__name__).info("fake OpenAI API at %s", server.base_url)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
