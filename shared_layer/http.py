@@ -34,7 +34,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.routing.exceptions import RequestRedirect
 
-from shared_layer.config import get_settings
+from shared_layer.config import ConfigError, Settings, get_settings
 from shared_layer.errors import (
     PROBLEM_CONTENT_TYPE,
     InvalidInput,
@@ -129,6 +129,16 @@ class ApiRequest:
             raise NotFound(f"no {what} with id {value!r}") from None
 
 
+def _max_body_bytes() -> int:
+    """The configured body limit; the default when production refuses the configuration, so
+    that `health` can still answer and name the problems (other routes fail where they need
+    the settings)."""
+    try:
+        return get_settings().max_body_bytes
+    except ConfigError:
+        return int(Settings.model_fields["max_body_bytes"].default)
+
+
 def invalid_input_from(exc: ValidationError, *, where: str) -> InvalidInput:
     errors = [
         {
@@ -205,7 +215,7 @@ class Router:
                     raw=request,
                     params=params,
                     route=route.template,
-                    max_body_bytes=get_settings().max_body_bytes,
+                    max_body_bytes=_max_body_bytes(),
                 )
                 if route.auth:
                     api_request.user_id = authenticate(request)
