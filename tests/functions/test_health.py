@@ -1,0 +1,279 @@
+"""The health function: component states, status codes, bounded checks, no secrets, lean imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from shared_layer.health import DATABASE_CHECK_TIMEOUT_SECONDS, check_health
+from shared_layer.migrate import downgrade, head_revision, upgrade
+from tests.conftest import FUNCTIONS, ROOT
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def fresh_database_url(
+    backend: str, postgres_admin_url: str | None, tmp_path: Path
+) -> Iterator[str]:
+    """An empty database of this test's backend, separate from the shared migrated one."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    assert postgres_admin_url
+    name = f"stratus_health_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        from shared_layer.database import reset_engine
+
+        reset_engine()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_health_is_ok_on_a_migrated_database(db, client):
+    r = client("health").get("/")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.mimetype == "application/json"
+    assert r.headers["Cache-Control"] == "no-store"
+    body = r.json
+    assert body["status"] == "ok"
+    assert body["environment"] == "local"
+    assert body["version"]
+    assert body["checked_at"].endswith("Z") or body["checked_at"].endswith("+00:00")
+    database = body["components"]["database"]
+    assert database["status"] == "ok"
+    assert database["dialect"] == db.dialect.name
+    assert database["latency_ms"] >= 0
+    migrations = body["components"]["migrations"]
+    assert migrations == {"status": "ok", "current": head_revision(), "head": head_revision()}
+    config = body["components"]["config"]
+    assert config["status"] == "ok"
+    assert config["problems"] == []
+    assert "production" in config["note"]
+    assert body["components"]["llm"] == {"status": "ok", "mode": "offline", "model": "gpt-4o-mini"}
+
+
+def test_health_is_down_with_503_promptly_when_the_database_port_is_closed(settings_env, client):
+    settings_env(DATABASE_URL=f"postgresql+pg8000://postgres@127.0.0.1:{_closed_port()}/x")
+    started = time.monotonic()
+    r = client("health").get("/")
+    elapsed = time.monotonic() - started
+    assert r.status_code == 503, r.get_data(as_text=True)
+    assert r.mimetype == "application/json"  # the report itself, not a problem document
+    body = r.json
+    assert body["status"] == "down"
+    database = body["components"]["database"]
+    assert database["status"] == "down"
+    assert database["dialect"] == "postgresql"
+    assert database["latency_ms"] is None
+    assert database["detail"]  # says why
+    assert body["components"]["migrations"]["status"] == "unknown"
+    assert body["components"]["config"]["status"] == "ok"  # the other components still report
+    assert elapsed < DATABASE_CHECK_TIMEOUT_SECONDS
+
+
+def test_database_check_gives_up_at_its_deadline_when_the_server_never_answers(settings_env):
+    # A listener that never accepts: TCP connects, the PostgreSQL handshake never comes back.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        settings_env(DATABASE_URL=f"postgresql+pg8000://postgres@127.0.0.1:{port}/x")
+        started = time.monotonic()
+        report = check_health(timeout=0.5)
+        elapsed = time.monotonic() - started
+    assert report.status == "down"
+    assert report.components.database.detail == "the database did not answer within 0.5 s"
+    assert elapsed < 3
+
+
+def test_health_is_degraded_when_the_database_is_behind_head(
+    fresh_database_url, settings_env, client
+):
+    """Migrated to head then downgraded to base: the revision is older than this code's head."""
+    from shared_layer.database import build_engine
+
+    engine = build_engine(fresh_database_url)
+    upgrade(engine)
+    downgrade(engine, "base")
+    engine.dispose()
+    settings_env(DATABASE_URL=fresh_database_url)
+    r = client("health").get("/")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.json["status"] == "degraded"
+    assert r.json["components"]["database"]["status"] == "ok"
+    assert r.json["components"]["migrations"] == {
+        "status": "behind",
+        "current": None,
+        "head": head_revision(),
+    }
+
+
+def test_health_is_degraded_when_the_database_was_never_migrated(
+    fresh_database_url, settings_env, client
+):
+    settings_env(DATABASE_URL=fresh_database_url)
+    r = client("health").get("/")
+    assert r.status_code == 200
+    assert r.json["status"] == "degraded"
+    assert r.json["components"]["migrations"]["status"] == "behind"
+    assert r.json["components"]["migrations"]["current"] is None
+
+
+def test_health_is_degraded_when_the_database_has_a_revision_this_code_does_not_know(
+    fresh_database_url, settings_env, client
+):
+    from shared_layer.database import build_engine
+
+    engine = build_engine(fresh_database_url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
+    engine.dispose()
+    settings_env(DATABASE_URL=fresh_database_url)
+    r = client("health").get("/")
+    assert r.status_code == 200
+    assert r.json["status"] == "degraded"
+    assert r.json["components"]["migrations"] == {
+        "status": "unknown",
+        "current": "f00dfeed",
+        "head": head_revision(),
+    }
+
+
+def test_health_names_production_config_problems_and_is_degraded(db, settings_env, client):
+    settings_env(STRATUS_ENV="production", JWT_SECRET="change-me", LLM_PROVIDER="auto")
+    r = client("health").get("/")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    body = r.json
+    assert body["status"] == "degraded"
+    assert body["environment"] == "production"
+    config = body["components"]["config"]
+    assert config["status"] == "error"
+    assert any(p.startswith("JWT_SECRET") for p in config["problems"])
+    assert any(p.startswith("OPENAI_API_KEY") for p in config["problems"])
+    assert ("DATABASE_URL" in " ".join(config["problems"])) == (db.dialect.name == "sqlite")
+    assert "change-me" not in r.get_data(as_text=True)
+    # production refuses this configuration, so the database is not reached through it
+    assert body["components"]["database"]["status"] == "unknown"
+
+
+def test_health_is_ok_in_production_with_a_complete_configuration(pg, settings_env, client):
+    settings_env(STRATUS_ENV="production", LLM_PROVIDER="offline")
+    r = client("health").get("/")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.json["status"] == "ok"
+    assert r.json["components"]["config"] == {"status": "ok", "problems": [], "note": None}
+
+
+def test_llm_component_reports_mode_and_model_without_calling_it(db, settings_env, client):
+    # Port 9 (discard) answers nothing: a probe would fail, so "ok" proves there was none.
+    settings_env(LLM_PROVIDER="openai", OPENAI_BASE_URL="http://127.0.0.1:9/v1", OPENAI_MODEL="m-1")
+    r = client("health").get("/")
+    assert r.json["components"]["llm"] == {"status": "ok", "mode": "openai", "model": "m-1"}
+    assert r.json["status"] == "ok"
+
+
+def test_llm_forced_to_openai_without_key_or_url_is_degraded(db, settings_env, client):
+    settings_env(LLM_PROVIDER="openai")
+    r = client("health").get("/")
+    assert r.status_code == 200
+    assert r.json["components"]["llm"]["status"] == "error"
+    assert r.json["status"] == "degraded"
+
+
+@pytest.mark.parametrize("environment", ["local", "production"])
+def test_health_never_returns_a_secret_value(environment, settings_env, client):
+    secrets = {
+        "JWT_SECRET": "jwt-" + uuid.uuid4().hex,
+        "OPENAI_API_KEY": "sk-" + uuid.uuid4().hex,
+        "STRIPE_SECRET_KEY": "sk_test_" + uuid.uuid4().hex,
+        "STRIPE_WEBHOOK_SECRET": "whsec_" + uuid.uuid4().hex,
+        "SENDGRID_API_KEY": "SG." + uuid.uuid4().hex,
+        "DB_PASSWORD": "dbpw-" + uuid.uuid4().hex,
+    }
+    url_password = "urlpw-" + uuid.uuid4().hex
+    settings_env(
+        STRATUS_ENV=environment,
+        LLM_PROVIDER="auto",
+        DATABASE_URL=f"postgresql+pg8000://postgres:{url_password}@127.0.0.1:{_closed_port()}/x",
+        **secrets,
+    )
+    r = client("health").get("/")
+    text_ = r.get_data(as_text=True)
+    assert r.json["status"] == "down"  # the failure detail is in the body, and still clean
+    assert r.json["components"]["llm"]["mode"] == "openai"
+    for value in [*secrets.values(), url_password]:
+        assert value not in text_
+
+
+def test_head_answers_the_status_without_a_body(db, client):
+    r = client("health").head("/")
+    assert r.status_code == 200
+    assert r.get_data() == b""
+
+
+def test_other_methods_are_405_problems_naming_the_allowed_ones(client):
+    r = client("health").post("/", json={})
+    assert r.status_code == 405
+    assert r.mimetype == "application/problem+json"
+    assert r.json["allowed"] == ["GET", "HEAD"]
+    assert r.headers["Allow"] == "GET, HEAD"
+
+
+def test_unknown_path_is_a_404_problem(client):
+    r = client("health").get("/metrics/nope")
+    assert r.status_code == 404
+    assert r.mimetype == "application/problem+json"
+    assert "/metrics/nope" in r.json["detail"]
+
+
+_IMPORT_PROBE = """
+import json, sys
+import functions_framework
+app = functions_framework.create_app(target="health", source=sys.argv[1])
+response = app.test_client().get("/")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("openai", "stripe")
+               or m.startswith(("google.cloud.pubsub", "google.cloud.secretmanager")))
+print(json.dumps({"status": response.status_code, "heavy": heavy}))
+"""
+
+
+def test_health_imports_no_openai_pubsub_or_stripe(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SECRET_MANAGER"))}
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}", STRATUS_ENV="local", LOG_LEVEL="ERROR"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, str(FUNCTIONS / "health" / "main.py")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == 200  # the function really ran
+    assert result["heavy"] == []
