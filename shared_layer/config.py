@@ -16,19 +16,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-if TYPE_CHECKING:
-    from google.cloud.secretmanager import SecretManagerServiceClient
-
+DEV_JWT_SECRET = "dev-only-insecure-secret"  # noqa: S105 - refused in production
 PLACEHOLDER_SECRETS = frozenset(
-    {"", "change-me", "changeme", "placeholder", "secret", "dev-only-insecure-secret", "xxx", "todo"}
+    {"", "change-me", "changeme", "placeholder", "secret", DEV_JWT_SECRET, "xxx", "todo"}
 )
-DEV_JWT_SECRET = "dev-only-insecure-secret"  # noqa: S105 - refused in production by _production_problems
 DEFAULT_SQLITE_URL = "sqlite:///.stratus/stratus.db"
+SECRET_FIELDS = (
+    "jwt_secret",
+    "db_password",
+    "openai_api_key",
+    "stripe_secret_key",
+    "stripe_webhook_secret",
+    "sendgrid_api_key",
+)
 
 
 class ConfigError(RuntimeError):
@@ -42,11 +47,12 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         populate_by_name=True,
+        hide_input_in_errors=True,  # a validation error never echoes a value (it may be secret)
     )
 
     environment: Literal["local", "production"] = Field("local", alias="STRATUS_ENV")
     function_name: str = Field("stratus", alias="K_SERVICE")
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     # database
     database_url: str = DEFAULT_SQLITE_URL
@@ -113,6 +119,18 @@ class Settings(BaseSettings):
     sendgrid_from_email: str = "no-reply@example.com"
     sendgrid_from_name: str = "Stratus"
 
+    @field_validator(*SECRET_FIELDS, mode="before")
+    @classmethod
+    def _strip_secret(cls, value: Any) -> Any:
+        # `echo key | gcloud secrets create` stores a trailing newline; an API key with one
+        # breaks HTTP headers, so surrounding whitespace is never part of a secret.
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
@@ -133,15 +151,9 @@ class Settings(BaseSettings):
         project = os.environ.get("SECRET_MANAGER_PROJECT")
         if not project:
             return sources
-        from pydantic_settings import GoogleSecretManagerSettingsSource
+        from shared_layer.secret_manager import secret_manager_source
 
-        secret_source = GoogleSecretManagerSettingsSource(
-            settings_cls,
-            project_id=project,
-            secret_client=secret_manager_client(),
-            case_sensitive=False,
-        )
-        return (*sources, secret_source)
+        return (*sources, secret_manager_source(settings_cls, project_id=project))
 
     @property
     def is_production(self) -> bool:
@@ -153,22 +165,6 @@ class Settings(BaseSettings):
         if self.llm_provider != "auto":
             return self.llm_provider
         return "openai" if (self.openai_api_key or self.openai_base_url) else "offline"
-
-
-def secret_manager_client() -> SecretManagerServiceClient:
-    """A Secret Manager client over REST; `SECRET_MANAGER_ENDPOINT` points it at an emulator."""
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud.secretmanager import SecretManagerServiceClient
-
-    endpoint = os.environ.get("SECRET_MANAGER_ENDPOINT")
-    if endpoint:
-        return SecretManagerServiceClient(
-            transport="rest",
-            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-            client_options=ClientOptions(api_endpoint=endpoint),
-        )
-    return SecretManagerServiceClient(transport="rest")
 
 
 def _is_placeholder(secret: SecretStr | None) -> bool:
@@ -187,11 +183,17 @@ def production_problems(settings: Settings) -> list[str]:
             problems.append("DB_PASSWORD is missing or a placeholder (CLOUD_SQL_INSTANCE is set)")
     elif settings.database_url.startswith("sqlite"):
         problems.append("DATABASE_URL points at SQLite; set it or CLOUD_SQL_INSTANCE")
-    if settings.llm_mode == "openai" and not settings.openai_base_url:
-        if _is_placeholder(settings.openai_api_key):
-            problems.append("OPENAI_API_KEY is missing or a placeholder")
-    elif settings.llm_provider != "offline":
-        problems.append("OPENAI_API_KEY is missing (or set LLM_PROVIDER=offline on purpose)")
+    # An OpenAI-compatible server at OPENAI_BASE_URL may need no key; OpenAI itself does.
+    llm_needs_key = settings.llm_provider != "offline" and not settings.openai_base_url
+    if llm_needs_key and _is_placeholder(settings.openai_api_key):
+        problems.append(
+            "OPENAI_API_KEY is missing or a placeholder (or set LLM_PROVIDER=offline on purpose)"
+        )
+    named = " ".join(problems)
+    for field in SECRET_FIELDS:  # an optional secret may be absent, but never a placeholder
+        value, variable = getattr(settings, field), field.upper()
+        if value is not None and variable not in named and _is_placeholder(value):
+            problems.append(f"{variable} is set to a placeholder")
     if settings.pubsub_mode == "gcp" and not settings.gcp_project_id:
         problems.append("GOOGLE_CLOUD_PROJECT is missing (PUBSUB_MODE=gcp)")
     return problems

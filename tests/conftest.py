@@ -210,3 +210,13 @@ def client() -> Callable[[str], FlaskClient]:
         return function_app(name).test_client()
 
     return make
+
+
+@pytest.fixture
+def secret_manager(settings_env: Callable[..., None]) -> Iterator[Any]:
+    """A fake Secret Manager on loopback that settings read from (SECRET_MANAGER_PROJECT set)."""
+    from tests.support.fake_secret_manager import serve_secret_manager
+
+    with serve_secret_manager() as fake:
+        settings_env(SECRET_MANAGER_PROJECT=fake.project, SECRET_MANAGER_ENDPOINT=fake.url)
+        yield fake
