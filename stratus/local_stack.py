@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,18 +47,27 @@ def discover_functions(root: Path = ROOT) -> list[str]:
     return sorted(p.parent.name for p in functions_dir(root).glob("*/main.py"))
 
 
-def local_defaults(state_dir: Path) -> dict[str, str]:
-    """Settings that make a laptop a whole Stratus: SQLite, in-process queue, offline LLM.
+def local_jwt_secret(state_dir: Path) -> str:
+    """A random signing key kept in the state directory: tokens outlive a restart of the stack,
+    and no two checkouts share a key (the settings' built-in one is refused in production)."""
+    path = state_dir / "jwt-secret"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
 
-    The LLM stays `auto` (the settings' default): offline unless OPENAI_API_KEY or
-    OPENAI_BASE_URL is set, so a developer's key or local model server is used when present.
-    """
-    return {
-        "STRATUS_ENV": "local",
-        "DATABASE_URL": f"sqlite:///{state_dir / 'stratus.db'}",
-        "PUBSUB_MODE": "local",
-        "LOCAL_PUSH_MODE": "thread",
-    }
+
+# Settings that make a laptop a whole Stratus: SQLite, the in-process queue, a local key. The
+# LLM stays `auto` (the settings' default): offline unless OPENAI_API_KEY or OPENAI_BASE_URL is
+# set, so a developer's key or local model server is used when present.
+LOCAL_DEFAULTS: dict[str, Callable[[Path], str]] = {
+    "STRATUS_ENV": lambda _: "local",
+    "DATABASE_URL": lambda state_dir: f"sqlite:///{state_dir / 'stratus.db'}",
+    "PUBSUB_MODE": lambda _: "local",
+    "LOCAL_PUSH_MODE": lambda _: "thread",
+    "JWT_SECRET": local_jwt_secret,
+}
 
 
 def apply_local_defaults(
@@ -74,10 +84,9 @@ def apply_local_defaults(
     dotenv = dotenv or Path.cwd() / ".env"
     from_file = {k.upper() for k in dotenv_values(dotenv)} if dotenv.is_file() else set()
     applied: dict[str, str] = {}
-    for key, value in local_defaults(state_dir).items():
+    for key, default in LOCAL_DEFAULTS.items():
         if key not in env and key not in from_file:
-            env[key] = value
-            applied[key] = value
+            env[key] = applied[key] = default(state_dir)
     from shared_layer.config import reset_settings
     from shared_layer.database import reset_engine
 

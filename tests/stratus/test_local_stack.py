@@ -143,3 +143,30 @@ def test_root_lists_every_function(stack: Stack) -> None:
     status, body = call("GET", f"{stack.url}/")
     assert status == 200
     assert set(body["functions"]) >= {"auth", "agents", "task_runner", "health"}
+
+
+def test_local_defaults_fill_only_what_neither_the_environment_nor_dotenv_sets(
+    tmp_path: Path,
+) -> None:
+    from stratus.local_stack import apply_local_defaults
+
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("PUBSUB_MODE=gcp\n")
+    env = {"DATABASE_URL": "postgresql+pg8000://u@127.0.0.1/x"}
+    applied = apply_local_defaults(env, state_dir=tmp_path / "state", dotenv=dotenv)
+    assert env["DATABASE_URL"] == "postgresql+pg8000://u@127.0.0.1/x"
+    assert "PUBSUB_MODE" not in env
+    assert set(applied) == {"STRATUS_ENV", "LOCAL_PUSH_MODE", "JWT_SECRET"}
+    assert len(env["JWT_SECRET"]) >= 32
+
+
+def test_local_signing_key_is_kept_across_restarts_and_private(tmp_path: Path) -> None:
+    from stratus.local_stack import apply_local_defaults
+
+    first: dict[str, str] = {}
+    second: dict[str, str] = {}
+    apply_local_defaults(first, state_dir=tmp_path, dotenv=tmp_path / "absent.env")
+    apply_local_defaults(second, state_dir=tmp_path, dotenv=tmp_path / "absent.env")
+    assert first["JWT_SECRET"] == second["JWT_SECRET"]
+    assert (tmp_path / "jwt-secret").stat().st_mode & 0o077 == 0
+    assert first["DATABASE_URL"] == f"sqlite:///{tmp_path / 'stratus.db'}"
