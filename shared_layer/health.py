@@ -60,7 +60,7 @@ class LlmHealth(BaseModel):
     model: str
 
 
-class Components(BaseModel):
+class HealthComponents(BaseModel):
     database: DatabaseHealth
     migrations: MigrationsHealth
     config: ConfigHealth
@@ -72,7 +72,7 @@ class HealthReport(BaseModel):
     checked_at: datetime
     version: str
     environment: Literal["local", "production"]
-    components: Components
+    components: HealthComponents
 
 
 @dataclass
@@ -110,7 +110,9 @@ def check_health(*, timeout: float = DATABASE_CHECK_TIMEOUT_SECONDS) -> HealthRe
         checked_at=datetime.now(UTC),
         version=_version(),
         environment=settings.environment,
-        components=Components(database=database, migrations=migrations, config=config, llm=llm),
+        components=HealthComponents(
+            database=database, migrations=migrations, config=config, llm=llm
+        ),
     )
 
 
