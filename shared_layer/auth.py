@@ -2,13 +2,18 @@
 
 Passwords are hashed with bcrypt. Access, password-reset and email-verification tokens are
 JWTs (PyJWT, HMAC) carrying `sub`, `typ`, `iss`, `aud`, `iat`, `exp` and `jti`, decoded with an
-explicit algorithm allowlist and every one of those claims required. Refresh tokens are opaque
-random strings; only their SHA-256 is stored (see `shared_layer.services.accounts`).
+explicit algorithm allowlist (the configured HMAC algorithm only, so `alg: none` and key
+confusion with RS/ES tokens are refused) and every one of those claims required; `typ` keeps a
+password-reset token from passing as an access token. A password-reset token carries a digest of
+the password hash it was issued against, so it stops working once the password changes
+(one use). Refresh tokens are opaque random strings; only their SHA-256 is stored (see
+`shared_layer.services.accounts`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -38,10 +43,18 @@ class TokenPayload:
     issued_at: datetime
     expires_at: datetime
     email: str | None
+    password_fingerprint: str | None = None
 
     @property
     def is_expired(self) -> bool:
         return datetime.now(UTC) >= self.expires_at
+
+    def matches_password(self, password_hash: str) -> bool:
+        """Whether a reset token was issued against this (still current) password hash."""
+        expected = password_fingerprint(password_hash)
+        return self.password_fingerprint is not None and hmac.compare_digest(
+            self.password_fingerprint, expected
+        )
 
 
 def hash_password(password: str) -> str:
@@ -62,15 +75,20 @@ def verify_password(password: str, hashed: str) -> bool:
         return False
 
 
-_dummy_hash: str | None = None
+_dummy_hashes: dict[int, str] = {}
 
 
 def burn_password_check(password: str) -> None:
     """Spend the time of a real check when there is no user, so timing does not reveal emails."""
-    global _dummy_hash
-    if _dummy_hash is None:
-        _dummy_hash = hash_password(secrets.token_urlsafe(16))
-    verify_password(password, _dummy_hash)
+    rounds = get_settings().bcrypt_rounds
+    if rounds not in _dummy_hashes:
+        _dummy_hashes[rounds] = hash_password(secrets.token_urlsafe(16))
+    verify_password(password, _dummy_hashes[rounds])
+
+
+def password_fingerprint(password_hash: str) -> str:
+    """A short digest of a stored password hash, for binding a reset token to it."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
 def _encode(claims: dict[str, Any], ttl: timedelta) -> str:
@@ -84,7 +102,9 @@ def _encode(claims: dict[str, Any], ttl: timedelta) -> str:
         "exp": now + ttl,
         "jti": secrets.token_urlsafe(16),
     }
-    return jwt.encode(payload, settings.jwt_secret.get_secret_value(), algorithm=settings.jwt_algorithm)
+    return jwt.encode(
+        payload, settings.jwt_secret.get_secret_value(), algorithm=settings.jwt_algorithm
+    )
 
 
 def create_access_token(*, user_id: uuid.UUID | str, email: str | None = None) -> str:
@@ -95,8 +115,14 @@ def create_access_token(*, user_id: uuid.UUID | str, email: str | None = None) -
     return _encode(claims, ttl)
 
 
-def create_password_reset_token(*, user_id: uuid.UUID | str) -> str:
-    return _encode({"sub": str(user_id), "typ": "password_reset"}, TOKEN_TTL["password_reset"])
+def create_password_reset_token(*, user_id: uuid.UUID | str, password_hash: str) -> str:
+    """A reset token for the user's current password; check it with `matches_password`."""
+    claims = {
+        "sub": str(user_id),
+        "typ": "password_reset",
+        "pwf": password_fingerprint(password_hash),
+    }
+    return _encode(claims, TOKEN_TTL["password_reset"])
 
 
 def create_email_verification_token(*, user_id: uuid.UUID | str, email: str) -> str:
@@ -122,20 +148,24 @@ def verify_token(token: str, *, expected_type: TokenType = "access") -> TokenPay
     except jwt.MissingRequiredClaimError as exc:
         raise Unauthorized(f"the token lacks the required claim {exc.claim!r}") from exc
     except jwt.InvalidTokenError as exc:
-        raise Unauthorized("the token is invalid (bad signature, issuer, audience or format)") from exc
+        raise Unauthorized(
+            "the token is invalid (bad signature, issuer, audience or format)"
+        ) from exc
     if claims.get("typ") != expected_type:
-        raise Unauthorized(f"expected a {expected_type} token")
+        raise Unauthorized(f"the token is not of type {expected_type!r}")
     try:
         user_id = uuid.UUID(str(claims["sub"]))
     except ValueError as exc:
         raise Unauthorized("the token's subject is not a user id") from exc
+    email, fingerprint = claims.get("email"), claims.get("pwf")
     return TokenPayload(
         user_id=user_id,
         token_type=expected_type,
         token_id=str(claims["jti"]),
         issued_at=datetime.fromtimestamp(claims["iat"], UTC),
         expires_at=datetime.fromtimestamp(claims["exp"], UTC),
-        email=claims.get("email"),
+        email=email if isinstance(email, str) else None,
+        password_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
     )
 
 

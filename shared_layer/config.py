@@ -32,6 +32,7 @@ PLACEHOLDER_SECRETS = frozenset(
     {"", "change-me", "changeme", "placeholder", "secret", DEV_JWT_SECRET, "xxx", "todo"}
 )
 DEFAULT_SQLITE_URL = "sqlite:///.stratus/stratus.db"
+JWT_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2: a key >= the hash size
 SECRET_FIELDS = (
     "jwt_secret",
     "db_password",
@@ -183,10 +184,13 @@ def _is_placeholder(secret: SecretStr | None) -> bool:
 def production_problems(settings: Settings) -> list[str]:
     """What stops this configuration from running in production, naming each variable."""
     problems: list[str] = []
+    jwt_minimum = JWT_MIN_BYTES[settings.jwt_algorithm]
     if _is_placeholder(settings.jwt_secret):
         problems.append("JWT_SECRET is missing or a placeholder")
-    elif len(settings.jwt_secret.get_secret_value()) < 32:
-        problems.append("JWT_SECRET is shorter than 32 characters")
+    elif len(settings.jwt_secret.get_secret_value().encode()) < jwt_minimum:
+        problems.append(
+            f"JWT_SECRET is shorter than {jwt_minimum} bytes ({settings.jwt_algorithm})"
+        )
     if settings.cloud_sql_instance:
         if not settings.cloud_sql_iam_auth and _is_placeholder(settings.db_password):
             problems.append("DB_PASSWORD is missing or a placeholder (CLOUD_SQL_INSTANCE is set)")

@@ -76,22 +76,24 @@ def issue_tokens(session: Session, *, user: User, family_id: uuid.UUID | None = 
 def rotate_refresh_token(session: Session, *, refresh_token: str) -> TokenPair:
     """Trade a refresh token for a new pair; a reused (already rotated) token revokes its family.
 
-    The revocation is a conditional UPDATE, so two concurrent uses of one token cannot both win.
+    The claim is a conditional UPDATE, so two concurrent uses of one token cannot both win; the
+    loser counts as a reuse too (a thief racing the owner looks the same), so the family goes.
+    Revoking is the one write a failed request keeps: it is committed before the raise.
     """
     now = datetime.now(UTC)
-    stored = session.scalar(
-        select(RefreshToken).where(RefreshToken.token_hash == auth.hash_refresh_token(refresh_token))
-    )
+    token_hash = auth.hash_refresh_token(refresh_token)
+    stored = session.scalar(select(RefreshToken).where(RefreshToken.token_hash == token_hash))
     if stored is None:
         raise Unauthorized("unknown refresh token")
     if stored.expires_at <= now:
         raise Unauthorized("the refresh token has expired")
-    claimed = session.execute(
+    claimed = session.scalar(
         update(RefreshToken)
         .where(RefreshToken.id == stored.id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
-    ).rowcount
-    if claimed != 1:
+        .returning(RefreshToken.id)
+    )
+    if claimed is None:
         _revoke_family(session, family_id=stored.family_id, now=now)
         # The revocation must outlive this failed request, whose scope rolls back on the raise.
         session.commit()

@@ -149,8 +149,14 @@ def test_production_refuses_placeholder_jwt_secret(settings_env, placeholder):
 def test_production_refuses_short_jwt_secret_without_showing_it(settings_env):
     message = refused(settings_env, JWT_SECRET="short-but-real-value")
 
-    assert "JWT_SECRET is shorter than 32 characters" in message
+    assert "JWT_SECRET is shorter than 32 bytes (HS256)" in message
     assert "short-but-real-value" not in message
+
+
+def test_production_wants_a_64_byte_jwt_secret_for_hs512(settings_env):
+    message = refused(settings_env, JWT_ALGORITHM="HS512", JWT_SECRET="h" * 63)
+
+    assert "JWT_SECRET is shorter than 64 bytes (HS512)" in message
 
 
 def test_production_refuses_sqlite(settings_env):
