@@ -24,22 +24,28 @@ _context: ContextVar[dict[str, str] | None] = ContextVar("stratus_log_context", 
 _configured = False
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-[0-9a-f]{2}$")
+_TRACEPARENT = re.compile(
+    r"^[0-9a-f]{2}-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-[0-9a-f]{2}$"
+)
 SECURITY_LABEL = "security_event"
 
 
 def trace_from_headers(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """The (trace id, span id) of a request, from W3C `traceparent` or Google's header."""
+    """The (trace id, span id) of a request, from W3C `traceparent` or Google's header.
+
+    Both ids come back as lowercase hex, as Cloud Logging wants them: the span in
+    `X-Cloud-Trace-Context` (`TRACE/SPAN;o=1`) is decimal and is converted.
+    """
     match = _TRACEPARENT.match(headers.get("traceparent", "").strip().lower())
-    if match:
+    if match and match["trace"] != "0" * 32 and match["span"] != "0" * 16:
         return match["trace"], match["span"]
-    cloud = headers.get("X-Cloud-Trace-Context", "")
-    if cloud:
-        trace, _, rest = cloud.partition("/")
-        span = rest.split(";")[0] or None
-        if re.fullmatch(r"[0-9a-fA-F]{32}", trace):
-            return trace.lower(), span
-    return None, None
+    cloud = headers.get("X-Cloud-Trace-Context", "").strip()
+    trace, _, rest = cloud.partition("/")
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", trace):
+        return None, None
+    span = rest.split(";")[0]
+    span_hex = f"{int(span):016x}" if span.isdigit() and 0 < int(span) < 2**64 else None
+    return trace.lower(), span_hex
 
 
 @contextmanager
@@ -55,6 +61,8 @@ def log_context(**fields: str | None) -> Iterator[None]:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record, in the shape Cloud Logging reads from stdout."""
+
     def format(self, record: logging.LogRecord) -> str:
         context = _context.get() or {}
         entry: dict[str, Any] = {
@@ -71,18 +79,33 @@ class JsonFormatter(logging.Formatter):
                 continue
             if key == "labels" and isinstance(value, dict):
                 labels.update({str(k): str(v) for k, v in value.items()})
-            else:
-                entry[key] = value
+            else:  # a field never replaces severity, message, time or logger
+                entry[f"{key}_" if key in entry else key] = value
         entry["logging.googleapis.com/labels"] = labels
         trace = context.get("trace")
         if trace:
             project = os.environ.get("GOOGLE_CLOUD_PROJECT")
-            entry["logging.googleapis.com/trace"] = f"projects/{project}/traces/{trace}" if project else trace
+            entry["logging.googleapis.com/trace"] = (
+                f"projects/{project}/traces/{trace}" if project else trace
+            )
             if context.get("span"):
                 entry["logging.googleapis.com/spanId"] = context["span"]
+        entry["logging.googleapis.com/sourceLocation"] = {
+            "file": record.pathname,
+            "line": record.lineno,
+            "function": record.funcName,
+        }
         if record.exc_info:
             entry["stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
         return json.dumps(entry, default=str)
+
+
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stdout` is at the time (a test's capture, a worker's pipe)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
 
 
 def configure_logging(level: str | None = None) -> None:
@@ -90,13 +113,16 @@ def configure_logging(level: str | None = None) -> None:
     global _configured
     if _configured:
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
-    root.handlers = [h for h in root.handlers if not getattr(h, "_stratus", False)]
-    handler._stratus = True  # type: ignore[attr-defined]
+    root.handlers = [h for h in root.handlers if not isinstance(h, _StdoutHandler)]
     root.addHandler(handler)
-    root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))
+    wanted = (level or os.environ.get("LOG_LEVEL") or "INFO").strip().upper()
+    valid = wanted in logging.getLevelNamesMapping()
+    root.setLevel(wanted if valid else logging.INFO)
+    if not valid:  # a typo in LOG_LEVEL must not stop every function from starting
+        logging.getLogger(__name__).warning("unknown LOG_LEVEL %r; using INFO", wanted)
     _configured = True
 
 
@@ -105,9 +131,13 @@ class StructuredLogger(logging.LoggerAdapter[logging.Logger]):
 
     _reserved = frozenset({"exc_info", "stack_info", "stacklevel", "extra"})
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         fields = {k: kwargs.pop(k) for k in list(kwargs) if k not in self._reserved}
-        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {}), **fields}
+        merged = {**(self.extra or {}), **kwargs.get("extra", {}), **fields}
+        # `name=`, `module=`… would make logging raise (they are LogRecord attributes).
+        kwargs["extra"] = {(f"{k}_" if k in _STANDARD_ATTRS else k): v for k, v in merged.items()}
         return msg, kwargs
 
 
