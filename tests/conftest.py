@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from flask.testing import FlaskClient
@@ -220,3 +220,91 @@ def secret_manager(settings_env: Callable[..., None]) -> Iterator[Any]:
     with serve_secret_manager() as fake:
         settings_env(SECRET_MANAGER_PROJECT=fake.project, SECRET_MANAGER_ENDPOINT=fake.url)
         yield fake
+
+
+@pytest.fixture
+def fake_openai(settings_env: Callable[..., None]) -> Iterator[Any]:
+    """A loopback OpenAI API that settings point at (LLM_PROVIDER=openai, no client retries)."""
+    from tests.support.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        settings_env(
+            LLM_PROVIDER="openai",
+            OPENAI_BASE_URL=server.base_url,
+            OPENAI_API_KEY="test-key",
+            OPENAI_MAX_RETRIES="0",
+        )
+        yield server
+
+
+class QueuedTask(NamedTuple):
+    task_id: uuid.UUID
+    agent_id: uuid.UUID
+    owner_id: uuid.UUID
+
+
+@pytest.fixture
+def queued_task() -> Callable[..., QueuedTask]:
+    """`queued_task("input", system="enhanced", ...)`: a queued task of a new user's new agent
+    (keywords set agent columns), or of `agent=` an existing QueuedTask's agent. Needs `db`/`pg`."""
+    from shared_layer.database import session_scope
+    from shared_layer.models import Agent, Task, User
+
+    def make(
+        input: str = "Say hello", *, agent: QueuedTask | None = None, **columns: Any
+    ) -> QueuedTask:
+        with session_scope() as session:
+            if agent is None:
+                user = User(email=f"owner-{uuid.uuid4().hex[:12]}@example.com", password_hash="x")
+                session.add(user)
+                session.flush()
+                new_agent = Agent(owner_id=user.id, name=f"agent-{uuid.uuid4().hex[:8]}", **columns)
+                session.add(new_agent)
+                session.flush()
+                owner_id, agent_id = user.id, new_agent.id
+            else:
+                owner_id, agent_id = agent.owner_id, agent.agent_id
+            task = Task(agent_id=agent_id, owner_id=owner_id, input=input)
+            session.add(task)
+            session.flush()
+            return QueuedTask(task.id, agent_id, owner_id)
+
+    return make
+
+
+@pytest.fixture
+def push_to_task_runner() -> Iterator[list[int]]:
+    """Local Pub/Sub pushes to task_runner's app in-process; yields the statuses it answered."""
+    from shared_layer.pubsub import set_local_push_target
+
+    statuses: list[int] = []
+
+    def push(headers: dict[str, str], body: bytes) -> int:
+        response = function_app("task_runner").test_client().post("/", headers=headers, data=body)
+        statuses.append(response.status_code)
+        return response.status_code
+
+    set_local_push_target(push)
+    yield statuses
+    set_local_push_target(None)
+
+
+@pytest.fixture
+def json_logs() -> Iterator[list[dict[str, Any]]]:
+    """Every log line emitted during the test, as the JSON the functions write (with context)."""
+    import json
+    import logging
+
+    from shared_layer.logging_config import JsonFormatter
+
+    lines: list[dict[str, Any]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:  # formats now: the context is live
+            lines.append(json.loads(JsonFormatter().format(record)))
+
+    handler = Capture(level=logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield lines
+    root.removeHandler(handler)

@@ -1,0 +1,216 @@
+"""Bodies of the agents function: agents, tasks and the 202 a task submission answers.
+
+An agent setting left out (or null) means "use the environment default" (see
+`shared_layer.agent_config`); on PATCH, a field left out is unchanged and an explicit null
+resets it to that default. Numbers are strict: `"0.5"` is not a temperature.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
+
+from shared_layer.config import get_settings
+from shared_layer.models import Task, TaskStep
+from shared_layer.schemas.common import PageQuery, StrictBody
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refusing it here keeps it a 400, not a database error.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+AgentName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ModelId = Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+]
+AgentSystemName = Literal["simple", "enhanced"]
+Temperature = Annotated[StrictFloat | StrictInt, Field(ge=0, le=2, allow_inf_nan=False)]
+MaxTokens = Annotated[StrictInt, Field(ge=1, le=128_000)]
+TimeoutSeconds = Annotated[StrictInt, Field(ge=1, le=3600)]
+SystemPrompt = Annotated[Text, Field(max_length=20_000)]
+Description = Annotated[Text, Field(max_length=2000)]
+
+# The settings an agent may override; the services accept exactly these as changes.
+AGENT_SETTINGS = (
+    "description",
+    "system",
+    "model",
+    "system_prompt",
+    "temperature",
+    "max_tokens",
+    "timeout_seconds",
+)
+
+
+class AgentCreate(StrictBody):
+    name: AgentName
+    description: Description | None = None
+    system: AgentSystemName | None = None
+    model: ModelId | None = None
+    system_prompt: SystemPrompt | None = None
+    temperature: Temperature | None = None
+    max_tokens: MaxTokens | None = None
+    timeout_seconds: TimeoutSeconds | None = None
+
+
+class AgentUpdate(StrictBody):
+    """A PATCH: only the fields present change; null resets a setting to the default."""
+
+    name: AgentName | None = None
+    description: Description | None = None
+    system: AgentSystemName | None = None
+    model: ModelId | None = None
+    system_prompt: SystemPrompt | None = None
+    temperature: Temperature | None = None
+    max_tokens: MaxTokens | None = None
+    timeout_seconds: TimeoutSeconds | None = None
+
+    @model_validator(mode="after")
+    def _name_not_null(self) -> AgentUpdate:
+        if "name" in self.model_fields_set and self.name is None:
+            raise ValueError("name cannot be null; an agent always has a name")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the request named, with their new values (None = reset)."""
+        return self.model_dump(exclude_unset=True)
+
+
+class AgentPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    description: str | None
+    system: AgentSystemName | None
+    model: str | None
+    system_prompt: str | None
+    temperature: float | None
+    max_tokens: int | None
+    timeout_seconds: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskCreate(StrictBody):
+    input: Text = Field(min_length=1)
+
+    @field_validator("input")
+    @classmethod
+    def _within_limit(cls, value: str) -> str:
+        limit = get_settings().task_max_input_chars
+        if len(value) > limit:
+            raise ValueError(f"is {len(value)} characters; the limit is {limit}")
+        return value
+
+
+TaskStatusName = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TaskStepPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    position: int
+    kind: str
+    content: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+    duration_ms: float
+    created_at: datetime
+
+
+class TaskPublic(BaseModel):
+    id: uuid.UUID
+    agent_id: uuid.UUID
+    status: TaskStatusName
+    input: str
+    result: str | None
+    error: str | None
+    provider: str | None
+    model: str | None
+    usage: Usage
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[TaskStepPublic] | None = None
+
+    @classmethod
+    def from_task(cls, task: Task, *, steps: list[TaskStep] | None = None) -> TaskPublic:
+        """The public view; `steps` only where the caller loaded them (GET /tasks/{id})."""
+        return cls(
+            id=task.id,
+            agent_id=task.agent_id,
+            status=task.status,  # one of TaskStatusName: the CHECK constraint holds it
+            input=task.input,
+            result=task.result,
+            error=task.error,
+            provider=task.provider,
+            model=task.model,
+            usage=Usage(
+                prompt_tokens=task.prompt_tokens,
+                completion_tokens=task.completion_tokens,
+                total_tokens=task.total_tokens,
+            ),
+            attempts=task.attempts,
+            created_at=task.created_at,
+            started_at=task.started_at,
+            finished_at=task.finished_at,
+            steps=None if steps is None else [TaskStepPublic.model_validate(s) for s in steps],
+        )
+
+
+class TaskLinks(BaseModel):
+    self: str
+    cancel: str
+    agent: str
+
+
+class TaskAccepted(BaseModel):
+    """The 202 body: the task is stored and queued; poll `links.self` for its outcome."""
+
+    id: uuid.UUID
+    agent_id: uuid.UUID
+    status: Literal["queued"] = "queued"
+    links: TaskLinks
+
+    @classmethod
+    def for_task(cls, task: Task) -> TaskAccepted:
+        return cls(
+            id=task.id,
+            agent_id=task.agent_id,
+            links=TaskLinks(
+                self=f"/tasks/{task.id}",
+                cancel=f"/tasks/{task.id}/cancel",
+                agent=f"/agents/{task.agent_id}",
+            ),
+        )
+
+
+class TaskListQuery(PageQuery):
+    """`GET /tasks` query: paging plus optional filters; unknown parameters are errors."""
+
+    status: TaskStatusName | None = None
+    agent_id: uuid.UUID | None = None
