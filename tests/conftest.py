@@ -308,3 +308,29 @@ def json_logs() -> Iterator[list[dict[str, Any]]]:
     root.addHandler(handler)
     yield lines
     root.removeHandler(handler)
+
+USER_PASSWORD = "s3cret-pass-1"
+
+
+@pytest.fixture
+def user_token() -> Callable[..., tuple[uuid.UUID, str]]:
+    """`user_token()` -> (user_id, "Bearer <access token>") for a new user.
+
+    The user is created in the database the test configured (request `db` or `pg` too), with
+    password `USER_PASSWORD`; pass `email=` to choose the address.
+    """
+    from shared_layer.auth import create_access_token, hash_password
+    from shared_layer.database import session_scope
+    from shared_layer.models import User
+
+    def make(email: str | None = None) -> tuple[uuid.UUID, str]:
+        email = email or f"user-{uuid.uuid4().hex[:12]}@example.com"
+        with session_scope() as session:
+            user = User(email=email, password_hash=hash_password(USER_PASSWORD))
+            session.add(user)
+            session.flush()
+            user_id = user.id
+        return user_id, "Bearer " + create_access_token(user_id=user_id, email=email)
+
+    return make
+
