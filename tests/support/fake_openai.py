@@ -219,7 +219,9 @@ class FakeOpenAIServer:
     def start(self) -> FakeOpenAIServer:
         self._httpd = _Server((self.host, self.port), _Handler)
         self._httpd.fake = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 

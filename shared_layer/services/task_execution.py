@@ -1,0 +1,296 @@
+"""Running a task: claim it, call the model outside any transaction, store the outcome.
+
+Pub/Sub delivers at least once and sometimes concurrently, so correctness comes from the claim,
+not from hoping for one delivery. `claim_task` is a conditional UPDATE that exactly one of any
+number of concurrent claimers wins; it returns the new attempt number, which is the fencing
+token: every later write (`complete_task`, `fail_task`, `release_task`) is guarded by
+`status = running AND attempts = <token>`, so a runner whose lease lapsed and whose task was
+claimed again can never overwrite the newer run.
+
+    queued ──claim──> running ──> succeeded | failed
+       ^                 │
+       └──release────────┘  (a transient failure, while attempts < TASK_MAX_ATTEMPTS)
+
+A running task whose lease has lapsed (its runner died) may be claimed again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared_layer.agent_config import AgentRunConfig, resolve_agent_config
+from shared_layer.agent_systems import StepRecord, clip, run_agent
+from shared_layer.config import get_settings
+from shared_layer.database import session_scope
+from shared_layer.errors import StratusError, UpstreamError
+from shared_layer.logging_config import get_agent_logger, log_task_execution
+from shared_layer.models import Agent, Task, TaskStatus, TaskStep, utcnow
+
+__all__ = ["StepRecord", "claim_task", "complete_task", "fail_task", "release_task", "run_task"]
+
+logger = get_agent_logger()
+
+Outcome = Literal["succeeded", "failed", "skipped", "missing", "stale"]
+LEASE_MARGIN_SECONDS = 30
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a claimed run needs, read in the claim's transaction and used outside any."""
+
+    task_id: uuid.UUID
+    attempt: int
+    owner_id: uuid.UUID
+    input: str
+    config: AgentRunConfig
+    memory: list[dict[str, str]]
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    lapsed = and_(Task.status == TaskStatus.RUNNING.value, Task.lease_expires_at < now)
+    return or_(Task.status == TaskStatus.QUEUED.value, lapsed)
+
+
+def _held(task_id: uuid.UUID, attempt: int) -> ColumnElement[bool]:
+    """The fencing guard: the task is still running under this claim."""
+    return and_(
+        Task.id == task_id, Task.status == TaskStatus.RUNNING.value, Task.attempts == attempt
+    )
+
+
+def claim_task(session: Session, *, task_id: uuid.UUID, lease_seconds: int) -> int | None:
+    """Claim a queued task (or one whose lease lapsed); the attempt number, or None if lost."""
+    now = utcnow()
+    statement = (
+        update(Task)
+        .where(Task.id == task_id, _claimable(now))
+        .values(
+            status=TaskStatus.RUNNING.value,
+            attempts=Task.attempts + 1,
+            started_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            updated_at=now,
+        )
+        .returning(Task.attempts)
+    )
+    attempt: int | None = session.execute(statement).scalar_one_or_none()
+    return attempt
+
+
+def complete_task(
+    session: Session,
+    *,
+    task_id: uuid.UUID,
+    attempt: int,
+    result: str,
+    provider: str,
+    model: str,
+    steps: Sequence[StepRecord],
+) -> bool:
+    """Store a success with its steps and usage; False (nothing written) if the claim is lost."""
+    now = utcnow()
+    statement = (
+        update(Task)
+        .where(_held(task_id, attempt))
+        .values(
+            status=TaskStatus.SUCCEEDED.value,
+            result=result,
+            error=None,
+            provider=provider,
+            model=model,
+            prompt_tokens=sum(s.prompt_tokens for s in steps),
+            completion_tokens=sum(s.completion_tokens for s in steps),
+            finished_at=now,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .returning(Task.id)
+    )
+    if session.execute(statement).scalar_one_or_none() is None:
+        return False
+    session.add_all(
+        TaskStep(
+            task_id=task_id,
+            position=position,
+            kind=step.kind,
+            content=step.content,
+            prompt_tokens=step.prompt_tokens,
+            completion_tokens=step.completion_tokens,
+            duration_ms=step.duration_ms,
+        )
+        for position, step in enumerate(steps, start=1)
+    )
+    session.flush()
+    return True
+
+
+def fail_task(session: Session, *, task_id: uuid.UUID, attempt: int, reason: str) -> bool:
+    """Mark the task failed with `reason`; False (nothing written) if the claim is lost."""
+    now = utcnow()
+    statement = (
+        update(Task)
+        .where(_held(task_id, attempt))
+        .values(
+            status=TaskStatus.FAILED.value,
+            error=clip(reason, MAX_ERROR_CHARS),
+            finished_at=now,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .returning(Task.id)
+    )
+    return session.execute(statement).scalar_one_or_none() is not None
+
+
+def release_task(
+    session: Session, *, task_id: uuid.UUID, attempt: int, reason: str
+) -> Literal["queued", "failed", "stale"]:
+    """After a transient failure: back to queued for another attempt, or failed when none is
+    left; "stale" (nothing written) if the claim is lost."""
+    max_attempts = get_settings().task_max_attempts
+    if attempt >= max_attempts:
+        final = f"gave up after {attempt} attempts; last error: {reason}"
+        failed = fail_task(session, task_id=task_id, attempt=attempt, reason=final)
+        return "failed" if failed else "stale"
+    statement = (
+        update(Task)
+        .where(_held(task_id, attempt))
+        .values(
+            status=TaskStatus.QUEUED.value,
+            error=clip(f"attempt {attempt} failed, will retry: {reason}", MAX_ERROR_CHARS),
+            lease_expires_at=None,
+            updated_at=utcnow(),
+        )
+        .returning(Task.id)
+    )
+    return "queued" if session.execute(statement).scalar_one_or_none() is not None else "stale"
+
+
+def run_task(task_id: uuid.UUID) -> Outcome:
+    """Run one delivery of a task. Returns how it ended; raises `UpstreamError` (after putting
+    the task back in the queue) when another delivery should try again."""
+    claimed = _claim(task_id)
+    if isinstance(claimed, str):
+        return claimed
+    job = claimed
+    started = time.perf_counter()
+    try:
+        run = run_agent(
+            config=job.config, request=job.input, memory=job.memory, user_id=job.owner_id
+        )
+    except UpstreamError as exc:
+        with session_scope() as session:
+            state = release_task(
+                session, task_id=job.task_id, attempt=job.attempt, reason=exc.detail
+            )
+        _log_end(job, state, started, exc.detail)
+        if state == "queued":
+            raise
+        return state
+    except StratusError as exc:
+        return _fail(job, exc.detail, started)
+    except Exception:
+        logger.exception("agent run crashed", task_id=str(job.task_id), attempt=job.attempt)
+        return _fail(job, "internal error while running the agent; it has been logged", started)
+    with session_scope() as session:
+        stored = complete_task(
+            session,
+            task_id=job.task_id,
+            attempt=job.attempt,
+            result=run.answer.content,
+            provider=run.answer.provider,
+            model=run.answer.model,
+            steps=run.steps,
+        )
+    outcome: Outcome = "succeeded" if stored else "stale"
+    _log_end(job, outcome, started)
+    return outcome
+
+
+def _claim(task_id: uuid.UUID) -> _Job | Outcome:
+    """Claim in one short committed transaction, reading what the run needs alongside."""
+    settings = get_settings()
+    with session_scope() as session:
+        task = session.get(Task, task_id)
+        if task is None:
+            logger.warning("task does not exist; nothing to run", task_id=str(task_id))
+            return "missing"
+        lapsed = task.lease_expires_at is not None and task.lease_expires_at < utcnow()
+        if task.status != TaskStatus.QUEUED.value and not (
+            task.status == TaskStatus.RUNNING.value and lapsed
+        ):
+            logger.info("task is %s; nothing to run", task.status, task_id=str(task_id))
+            return "skipped"
+        agent = session.get(Agent, task.agent_id)
+        config: AgentRunConfig | None = None
+        problem = f"agent {task.agent_id} no longer exists"
+        if agent is not None:
+            try:
+                config = resolve_agent_config(agent)
+            except StratusError as exc:
+                problem = exc.detail
+        calls = config.model_calls if config else 1
+        timeout = config.timeout_seconds if config else settings.agent_timeout_seconds
+        lease = timeout * calls * (settings.openai_max_retries + 1) + LEASE_MARGIN_SECONDS
+        attempt = claim_task(session, task_id=task_id, lease_seconds=lease)
+        if attempt is None:
+            logger.info("another runner claimed the task first", task_id=str(task_id))
+            return "skipped"
+        if attempt > settings.task_max_attempts:
+            config, problem = None, f"gave up after {attempt - 1} attempts (leases lapsed)"
+        if config is None:
+            fail_task(session, task_id=task_id, attempt=attempt, reason=problem)
+            logger.warning("task failed before running: %s", problem, task_id=str(task_id))
+            return "failed"
+        memory = _memory(session, task=task, limit=config.memory_messages)
+        return _Job(task_id, attempt, task.owner_id, task.input, config, memory)
+
+
+def _memory(session: Session, *, task: Task, limit: int) -> list[dict[str, str]]:
+    """The agent's last `limit` succeeded tasks for this owner, oldest first, as a conversation."""
+    if limit <= 0:
+        return []
+    rows = session.execute(
+        select(Task.input, Task.result)
+        .where(
+            Task.agent_id == task.agent_id,
+            Task.owner_id == task.owner_id,
+            Task.status == TaskStatus.SUCCEEDED.value,
+            Task.id != task.id,
+        )
+        .order_by(Task.finished_at.desc(), Task.created_at.desc())
+        .limit(limit)
+    ).all()
+    memory: list[dict[str, str]] = []
+    for task_input, result in reversed(rows):
+        memory += [
+            {"role": "user", "content": task_input},
+            {"role": "assistant", "content": result or ""},
+        ]
+    return memory
+
+
+def _fail(job: _Job, reason: str, started: float) -> Outcome:
+    with session_scope() as session:
+        stored = fail_task(session, task_id=job.task_id, attempt=job.attempt, reason=reason)
+    outcome: Outcome = "failed" if stored else "stale"
+    _log_end(job, outcome, started, reason)
+    return outcome
+
+
+def _log_end(job: _Job, state: str, started: float, reason: str | None = None) -> None:
+    duration_ms = (time.perf_counter() - started) * 1000
+    log_task_execution(job.task_id, state, duration_ms, job.owner_id)
+    if reason:
+        logger.warning(
+            "task attempt %s ended %s: %s", job.attempt, state, reason, task_id=str(job.task_id)
+        )
