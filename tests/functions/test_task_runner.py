@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -12,7 +14,7 @@ import pytest
 from shared_layer.database import session_scope
 from shared_layer.eventarc import PUBSUB_EVENT_TYPE, binary_cloudevent, structured_cloudevent
 from shared_layer.models import Task, TaskStep
-from tests.conftest import function_app, table_counts
+from tests.conftest import ROOT, function_app, table_counts
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -228,3 +230,18 @@ def test_a_task_submitted_through_the_api_is_run_by_the_local_push(
     assert shown.json["result"].startswith("[offline]")
     assert "What is Stratus?" in shown.json["result"]
     assert shown.json["usage"]["total_tokens"] > 0
+
+
+def test_loading_task_runner_imports_neither_openai_nor_auth_libraries():
+    """Cold start: the client library is imported on the first model call, not at load."""
+    code = (
+        "import sys, functions_framework\n"
+        "functions_framework.create_app(target='task_runner', "
+        "source='functions/task_runner/main.py')\n"
+        "loaded = {'openai', 'bcrypt', 'jwt', 'alembic'} & set(sys.modules)\n"
+        "sys.exit(','.join(sorted(loaded)) or 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
