@@ -51,12 +51,14 @@ def _cloud_sql_engine() -> Engine:
     from google.cloud.sql.connector import Connector
 
     settings = get_settings()
+    instance = settings.cloud_sql_instance
+    assert instance, "only called when CLOUD_SQL_INSTANCE is set"
     connector = Connector(refresh_strategy="lazy")
     password = settings.db_password.get_secret_value() if settings.db_password else None
 
     def connect() -> Any:
         return connector.connect(
-            settings.cloud_sql_instance,
+            instance,
             "pg8000",
             user=settings.db_user,
             password=password,

@@ -120,4 +120,6 @@ def problem_for(error: StratusError, *, instance: str | None = None) -> dict[str
 
 def internal_problem(*, instance: str | None = None) -> dict[str, Any]:
     """The body for a bug: it says nothing of the cause (that goes to the log)."""
-    return problem_for(StratusError("An unexpected error occurred; it has been logged."), instance=instance)
+    return problem_for(
+        StratusError("An unexpected error occurred; it has been logged."), instance=instance
+    )

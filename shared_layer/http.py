@@ -85,7 +85,9 @@ class ApiRequest:
         if self._body is None:
             length = self.raw.content_length
             if length is not None and length > self.max_body_bytes:
-                raise PayloadTooLarge(f"the body is {length} bytes; the limit is {self.max_body_bytes}")
+                raise PayloadTooLarge(
+                    f"the body is {length} bytes; the limit is {self.max_body_bytes}"
+                )
             data = self.raw.stream.read(self.max_body_bytes + 1)
             if len(data) > self.max_body_bytes:
                 raise PayloadTooLarge(f"the body is over the limit of {self.max_body_bytes} bytes")
@@ -193,7 +195,9 @@ class Router:
         """(method, template) pairs, for the OpenAPI conformance test."""
         return sorted(self._routes)
 
-    def route(self, method: str, template: str, *, auth: bool = False) -> Callable[[Handler], Handler]:
+    def route(
+        self, method: str, template: str, *, auth: bool = False
+    ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             method_ = method.upper()
             self._routes[(method_, template)] = _Route(method_, template, handler, auth)
@@ -204,7 +208,7 @@ class Router:
         return register
 
     def dispatch(self, request: flask.Request) -> flask.Response:
-        trace, span = trace_from_headers(request.headers)
+        trace, span = trace_from_headers(dict(request.headers))
         execution_id = request.headers.get("Function-Execution-Id")
         started = time.perf_counter()
         with log_context(function=self.function, trace=trace, span=span, execution_id=execution_id):
@@ -249,8 +253,10 @@ class Router:
                 raise MethodNotAllowed(
                     f"{method} is not allowed on {request.path}", allowed=allowed
                 ) from None
-            raise NotFound(f"no route {method} {request.path} in the {self.function} function") from None
-        return self._routes[endpoint], params
+            raise NotFound(
+                f"no route {method} {request.path} in the {self.function} function"
+            ) from None
+        return self._routes[endpoint], {str(k): str(v) for k, v in params.items()}
 
     def _problem(self, exc: StratusError, request: flask.Request) -> flask.Response:
         headers: dict[str, str] = {}

@@ -98,7 +98,9 @@ class RefreshToken(Base):
     __tablename__ = "refresh_tokens"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     family_id: Mapped[uuid.UUID] = mapped_column(index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -117,11 +119,15 @@ class Agent(TimestampMixin, Base):
     __tablename__ = "agents"
     __table_args__ = (
         UniqueConstraint("owner_id", "name", name="uq_agents_owner_id_name"),
-        CheckConstraint("temperature IS NULL OR (temperature >= 0 AND temperature <= 2)", name="temperature"),
+        CheckConstraint(
+            "temperature IS NULL OR (temperature >= 0 AND temperature <= 2)", name="temperature"
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str | None] = mapped_column(Text)
     system: Mapped[str | None] = mapped_column(String(16))
@@ -155,7 +161,9 @@ class Task(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    agent_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), index=True
+    )
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16), default=TaskStatus.QUEUED.value)
     input: Mapped[str] = mapped_column(Text)
@@ -185,7 +193,9 @@ class TaskStep(Base):
     """One thing the agent did while running a task (a model call, a tool call)."""
 
     __tablename__ = "task_steps"
-    __table_args__ = (UniqueConstraint("task_id", "position", name="uq_task_steps_task_id_position"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", "position", name="uq_task_steps_task_id_position"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))

@@ -34,8 +34,15 @@ BASE_ENV = {
     "LOCAL_PUSH_MODE": "sync",
     "LOG_LEVEL": "INFO",
 }
-_UNSET = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SECRET_MANAGER_PROJECT", "CLOUD_SQL_INSTANCE",
-          "LOCAL_PUSH_ENDPOINT", "GOOGLE_CLOUD_PROJECT", "PUBSUB_EMULATOR_HOST")
+_UNSET = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "SECRET_MANAGER_PROJECT",
+    "CLOUD_SQL_INSTANCE",
+    "LOCAL_PUSH_ENDPOINT",
+    "GOOGLE_CLOUD_PROJECT",
+    "PUBSUB_EMULATOR_HOST",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -309,6 +316,7 @@ def json_logs() -> Iterator[list[dict[str, Any]]]:
     yield lines
     root.removeHandler(handler)
 
+
 USER_PASSWORD = "s3cret-pass-1"
 
 
@@ -333,4 +341,3 @@ def user_token() -> Callable[..., tuple[uuid.UUID, str]]:
         return user_id, "Bearer " + create_access_token(user_id=user_id, email=email)
 
     return make
-

@@ -63,8 +63,14 @@ def _throwaway(bindir: str) -> Iterator[str]:
     try:
         run(f"{bindir}/initdb", "-D", datadir, "-U", "postgres", "--auth=trust", "-E", "UTF8")
         run(
-            f"{bindir}/pg_ctl", "-D", datadir, "-w", "-l", f"{datadir}/log",
-            "-o", f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            f"{bindir}/pg_ctl",
+            "-D",
+            datadir,
+            "-w",
+            "-l",
+            f"{datadir}/log",
+            "-o",
+            f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off",
             "start",
         )
     except (subprocess.CalledProcessError, OSError) as exc:
@@ -86,7 +92,9 @@ def provide_postgres() -> Iterator[str]:
         return
     bindir = _binaries()
     if not bindir:
-        raise PostgresUnavailable(f"nothing answers at {url} and no PostgreSQL binaries are installed")
+        raise PostgresUnavailable(
+            f"nothing answers at {url} and no PostgreSQL binaries are installed"
+        )
     with _throwaway(bindir) as started:
         deadline = time.monotonic() + 30
         while not _answers(started):
