@@ -7,8 +7,9 @@ read (leniently) so that its problems can be named, and every message that leave
 module has the configured secrets redacted. The LLM is reported by mode only: probing it
 would import `openai` and spend money on a liveness check.
 
-Overall status: `down` when the database does not answer (the platform can do nothing
-without it), `degraded` when any other component is not `ok`, else `ok`.
+Overall status: `down` when the database does not answer or production refuses the
+configuration (either way no function can serve), `degraded` when any other component is
+not `ok`, else `ok`.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def check_health(*, timeout: float = DATABASE_CHECK_TIMEOUT_SECONDS) -> HealthRe
         database, migrations = _check_database(settings, timeout=timeout)
     llm = _check_llm(settings)
     status: OverallStatus = "ok"
-    if database.status == "down":
+    if database.status == "down" or refused:
         status = "down"
     elif any(c.status != "ok" for c in (database, migrations, config, llm)):
         status = "degraded"

@@ -51,12 +51,8 @@ def list_agents(req: ApiRequest) -> Page[AgentPublic]:
         items, total = agent_service.list_agents(
             session, owner_id=req.caller, limit=query.limit, offset=query.offset
         )
-        return Page[AgentPublic](
-            items=[AgentPublic.model_validate(a) for a in items],
-            total=total,
-            limit=query.limit,
-            offset=query.offset,
-            has_more=query.offset + len(items) < total,
+        return Page[AgentPublic].of(
+            [AgentPublic.model_validate(a) for a in items], total=total, query=query
         )
 
 
@@ -130,12 +126,8 @@ def list_tasks(req: ApiRequest) -> Page[TaskPublic]:
             status=query.status,
             agent_id=query.agent_id,
         )
-        return Page[TaskPublic](
-            items=[TaskPublic.from_task(t) for t in items],
-            total=total,
-            limit=query.limit,
-            offset=query.offset,
-            has_more=query.offset + len(items) < total,
+        return Page[TaskPublic].of(
+            [TaskPublic.from_task(t) for t in items], total=total, query=query
         )
 
 

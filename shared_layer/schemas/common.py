@@ -28,3 +28,14 @@ class Page(BaseModel, Generic[T]):
     limit: int
     offset: int
     has_more: bool
+
+    @classmethod
+    def of(cls, items: list[T], *, total: int, query: PageQuery) -> Page[T]:
+        """A page of `items` for `query`, with `has_more` derived rather than passed around."""
+        return cls(
+            items=items,
+            total=total,
+            limit=query.limit,
+            offset=query.offset,
+            has_more=query.offset + len(items) < total,
+        )

@@ -162,12 +162,13 @@ def test_health_is_degraded_when_the_database_has_a_revision_this_code_does_not_
     }
 
 
-def test_health_names_production_config_problems_and_is_degraded(db, settings_env, client):
+def test_health_names_production_config_problems_and_is_down(db, settings_env, client):
+    # Production refuses this configuration, so no function can serve: down, not degraded.
     settings_env(STRATUS_ENV="production", JWT_SECRET="change-me", LLM_PROVIDER="auto")
     r = client("health").get("/")
-    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.status_code == 503, r.get_data(as_text=True)
     body = r.json
-    assert body["status"] == "degraded"
+    assert body["status"] == "down"
     assert body["environment"] == "production"
     config = body["components"]["config"]
     assert config["status"] == "error"
