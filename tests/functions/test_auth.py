@@ -1,0 +1,448 @@
+"""The auth function through functions-framework: happy paths and every kind of bad input.
+
+Each bad request must give an `application/problem+json` 4xx naming what was wrong, leave the
+database as it was, and carry no stack trace, password or secret.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import pytest
+from sqlalchemy import update
+
+from shared_layer.auth import create_email_verification_token, create_password_reset_token
+from shared_layer.database import session_scope
+from shared_layer.models import User
+from tests.conftest import BASE_ENV, table_counts
+
+PASSWORD = "Corr3ct-horse-battery"
+PROBLEM_KEYS = {"type", "title", "status", "detail"}
+
+
+def assert_problem(response: Any, status: int, *, fields: set[str] | None = None) -> dict[str, Any]:
+    """A problem+json response with `status`, naming `fields` in `errors` when given."""
+    text = response.get_data(as_text=True)
+    assert response.status_code == status, text
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json(force=True)
+    assert set(body) >= PROBLEM_KEYS
+    assert body["status"] == status
+    assert body["type"].startswith("https://")
+    assert body["detail"]
+    for leak in ("Traceback", 'File "', BASE_ENV["JWT_SECRET"], PASSWORD):
+        assert leak not in text
+    if fields is not None:
+        assert {e["field"] for e in body["errors"]} == fields
+        for name in fields:
+            assert name in body["detail"]
+    return body
+
+
+@pytest.fixture
+def auth_client(client: Any) -> Any:
+    return client("auth")
+
+
+def register(c: Any, email: str = "ann@example.com", password: str = PASSWORD) -> Any:
+    return c.post("/register", json={"email": email, "password": password})
+
+
+def login(c: Any, email: str = "ann@example.com", password: str = PASSWORD) -> Any:
+    return c.post("/login", json={"email": email, "password": password})
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# -- happy paths ----------------------------------------------------------------------------
+
+
+def test_register_creates_a_user_with_a_normalised_email(db, auth_client):
+    response = auth_client.post(
+        "/register",
+        json={"email": "  Ann@Example.COM ", "password": PASSWORD, "full_name": "Ann Lee"},
+    )
+
+    assert response.status_code == 201, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["email"] == "ann@example.com"
+    assert body["full_name"] == "Ann Lee"
+    assert body["is_active"] is True
+    assert body["email_verified"] is False
+    uuid.UUID(body["id"])
+    assert "password" not in response.get_data(as_text=True)
+    assert table_counts(db)["users"] == 1
+
+
+def test_register_an_existing_email_is_a_conflict(db, auth_client):
+    register(auth_client)
+    before = table_counts(db)
+
+    body = assert_problem(register(auth_client, email="ANN@example.com"), 409)
+
+    assert "already exists" in body["detail"]
+    assert table_counts(db) == before
+
+
+@pytest.mark.parametrize(
+    ("password", "reason"),
+    [
+        ("short1!", "at least 8 characters"),
+        ("allletters", "mix letters with digits"),
+        ("é" * 36 + "1", "at most 72 bytes"),  # 37 characters, 73 bytes
+    ],
+)
+def test_register_with_a_weak_password_names_the_field(db, auth_client, password, reason):
+    before = table_counts(db)
+
+    body = assert_problem(register(auth_client, password=password), 400, fields={"password"})
+
+    assert reason in body["errors"][0]["message"]
+    assert table_counts(db) == before
+
+
+def test_login_returns_a_bearer_token_pair(db, auth_client):
+    register(auth_client)
+
+    response = login(auth_client, email="ANN@example.com ")
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 900
+    assert body["refresh_token"].startswith("rt_")
+    assert jwt.get_unverified_header(body["access_token"])["alg"] == "HS256"
+
+
+def test_wrong_password_and_unknown_email_get_the_same_401(db, auth_client):
+    register(auth_client)
+
+    wrong_password = assert_problem(login(auth_client, password="Wr0ng-password"), 401)
+    unknown_email = assert_problem(login(auth_client, email="bob@example.com"), 401)
+
+    assert wrong_password["detail"] == unknown_email["detail"] == "incorrect email or password"
+
+
+def test_disabled_user_cannot_log_in(db, auth_client):
+    register(auth_client)
+    with session_scope() as session:
+        session.execute(update(User).values(is_active=False))
+
+    assert_problem(login(auth_client), 401)
+
+
+def test_me_returns_the_caller(db, auth_client):
+    register(auth_client)
+    access = login(auth_client).get_json()["access_token"]
+
+    response = auth_client.get("/me", headers=bearer(access))
+
+    assert response.status_code == 200
+    assert response.get_json()["email"] == "ann@example.com"
+
+
+def test_refresh_rotates_and_the_old_token_is_then_refused(db, auth_client):
+    register(auth_client)
+    first = login(auth_client).get_json()
+
+    response = auth_client.post("/refresh", json={"refresh_token": first["refresh_token"]})
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    second = response.get_json()
+    assert second["refresh_token"] != first["refresh_token"]
+    assert auth_client.get("/me", headers=bearer(second["access_token"])).status_code == 200
+    reuse = auth_client.post("/refresh", json={"refresh_token": first["refresh_token"]})
+    assert "already used" in assert_problem(reuse, 401)["detail"]
+    again = auth_client.post("/refresh", json={"refresh_token": second["refresh_token"]})
+    assert_problem(again, 401)  # the reuse revoked the family
+
+
+def test_unknown_refresh_token_is_401(db, auth_client):
+    before = table_counts(db)
+
+    assert_problem(auth_client.post("/refresh", json={"refresh_token": "rt_forged"}), 401)
+
+    assert table_counts(db) == before
+
+
+# -- the bad-input matrix -----------------------------------------------------------------
+
+VALID_BODY = {
+    "/register": {"email": "ann@example.com", "password": PASSWORD},
+    "/login": {"email": "ann@example.com", "password": PASSWORD},
+    "/refresh": {"refresh_token": "rt_" + "x" * 43},
+}
+POST_ROUTES = sorted(VALID_BODY)
+WRONG_TYPES = {
+    "/register": (
+        {"email": 42, "password": ["x"], "full_name": {"a": 1}},
+        {"email", "password", "full_name"},
+    ),
+    "/login": ({"email": True, "password": 12345678}, {"email", "password"}),
+    "/refresh": ({"refresh_token": 5}, {"refresh_token"}),
+}
+MISSING = {
+    "/register": {"email", "password"},
+    "/login": {"email", "password"},
+    "/refresh": {"refresh_token"},
+}
+
+
+@pytest.fixture
+def unchanged(db):
+    """Registers a user first (so there is data to keep), then checks nothing changed."""
+    from tests.conftest import function_app
+
+    register(function_app("auth").test_client())
+    before = table_counts(db)
+    yield
+    assert table_counts(db) == before
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+@pytest.mark.parametrize("raw", ['{"email": ', "{'single': 'quotes'}", "nul\x00l", "[1, 2,]"])
+def test_malformed_json_is_400(unchanged, auth_client, route, raw):
+    response = auth_client.post(route, data=raw, content_type="application/json")
+
+    assert "not valid JSON" in assert_problem(response, 400)["detail"]
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+def test_empty_body_is_400(unchanged, auth_client, route):
+    response = auth_client.post(route, data=b"", content_type="application/json")
+
+    assert "empty" in assert_problem(response, 400)["detail"]
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+@pytest.mark.parametrize("raw", ["[]", '"text"', "42", "null"])
+def test_json_that_is_not_an_object_is_400(unchanged, auth_client, route, raw):
+    response = auth_client.post(route, data=raw, content_type="application/json")
+
+    assert_problem(response, 400, fields={"(root)"})
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+def test_wrong_types_are_400_naming_each_field(unchanged, auth_client, route):
+    body, fields = WRONG_TYPES[route]
+
+    assert_problem(auth_client.post(route, json=body), 400, fields=fields)
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+def test_missing_fields_are_400_naming_each_field(unchanged, auth_client, route):
+    body = assert_problem(auth_client.post(route, json={}), 400, fields=MISSING[route])
+
+    assert {e["type"] for e in body["errors"]} == {"missing"}
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+@pytest.mark.parametrize("extra", ["is_admin", "role"])
+def test_unknown_fields_are_400_naming_the_field(unchanged, auth_client, route, extra):
+    response = auth_client.post(route, json={**VALID_BODY[route], extra: True})
+
+    assert_problem(response, 400, fields={extra})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("email", "a" * 310 + "@example.com"), ("email", "not-an-email"), ("full_name", "n" * 201)],
+)
+def test_register_field_limits_are_400(unchanged, auth_client, field, value):
+    body = {**VALID_BODY["/register"], "email": "new@example.com", field: value}
+
+    assert_problem(auth_client.post("/register", json=body), 400, fields={field})
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+def test_body_over_the_limit_is_413(unchanged, auth_client, settings_env, route):
+    settings_env(MAX_BODY_BYTES="1024")
+    body = {**VALID_BODY[route], "padding": "p" * 2000}
+
+    detail = assert_problem(auth_client.post(route, json=body), 413)["detail"]
+
+    assert "1024" in detail
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
+def test_body_that_is_not_declared_json_is_415(unchanged, auth_client, route, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+
+    response = auth_client.post(route, data='{"email": "a@example.com"}', headers=headers)
+
+    assert "application/json" in assert_problem(response, 415)["detail"]
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/register/extra", "/v1/login", "/me/../admin"])
+def test_unknown_route_is_404(unchanged, auth_client, path):
+    assert_problem(auth_client.get(path), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/register", "POST"),
+        ("PUT", "/login", "POST"),
+        ("DELETE", "/refresh", "POST"),
+        ("POST", "/me", "GET, HEAD"),
+        ("PATCH", "/me", "GET, HEAD"),
+    ],
+)
+def test_wrong_method_is_405_with_allow(unchanged, auth_client, method, path, allowed):
+    response = auth_client.open(path, method=method, json={})
+
+    body = assert_problem(response, 405)
+    assert response.headers["Allow"] == allowed
+    assert method in body["detail"]
+
+
+# -- bad tokens on /me --------------------------------------------------------------------
+
+
+def forged(key: str = BASE_ENV["JWT_SECRET"], **changes: Any) -> str:
+    now = datetime.now(UTC)
+    claims = {
+        "sub": str(uuid.uuid4()),
+        "typ": "access",
+        "iss": "stratus",
+        "aud": "stratus-api",
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        "jti": "j",
+        **changes,
+    }
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+def expired_token() -> str:
+    past = datetime.now(UTC) - timedelta(hours=1)
+    return forged(iat=past, exp=past + timedelta(minutes=15))
+
+
+def tampered_token() -> str:
+    head, _, signature = forged().split(".")
+    _, body, _ = forged(sub=str(uuid.uuid4())).split(".")
+    return f"{head}.{body}.{signature}"
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing Authorization"),
+        ({"Authorization": "Basic YW5uOnB3"}, "malformed Authorization"),
+        ({"Authorization": "Bearer"}, "malformed Authorization"),
+        ({"Authorization": "Bearer    "}, "malformed Authorization"),
+        ({"Authorization": "Bearer not.a.jwt"}, "invalid"),
+        ({"Authorization": "Bearer " + "a" * 5000}, "invalid"),
+    ],
+)
+def test_me_without_a_usable_authorization_header_is_401(unchanged, auth_client, headers, reason):
+    response = auth_client.get("/me", headers=headers)
+
+    assert reason in assert_problem(response, 401)["detail"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    ("make_token", "reason"),
+    [
+        (expired_token, "expired"),
+        (tampered_token, "invalid"),
+        (lambda: forged(key="wrong-key-" + "w" * 40), "invalid"),
+        (lambda: forged(typ="refresh"), "access"),
+        (lambda: forged(sub="admin"), "subject"),
+        (lambda: forged(aud="other-api"), "invalid"),
+        (lambda: create_password_reset_token(user_id=uuid.uuid4(), password_hash="h"), "access"),
+        (lambda: create_email_verification_token(user_id=uuid.uuid4(), email="a@b.co"), "access"),
+    ],
+    ids=[
+        "expired",
+        "tampered",
+        "wrong-key",
+        "typ-refresh",
+        "sub-not-uuid",
+        "aud",
+        "reset",
+        "verify",
+    ],
+)
+def test_me_with_a_bad_token_is_401(unchanged, auth_client, make_token, reason):
+    response = auth_client.get("/me", headers=bearer(make_token()))
+
+    assert reason in assert_problem(response, 401)["detail"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_me_with_a_refresh_token_as_bearer_is_401(db, auth_client):
+    register(auth_client)
+    refresh = login(auth_client).get_json()["refresh_token"]
+
+    assert_problem(auth_client.get("/me", headers=bearer(refresh)), 401)
+
+
+def test_me_for_a_user_that_no_longer_exists_is_401(db, auth_client):
+    response = auth_client.get("/me", headers=bearer(forged()))  # valid token, no such user
+
+    assert "no longer exists" in assert_problem(response, 401)["detail"]
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_concurrent_duplicate_registration_gives_one_201_and_one_409(pg, client, round_):
+    email = f"race-{round_}@example.com"
+    barrier = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def attempt() -> None:
+        c = client("auth")
+        barrier.wait()
+        statuses.append(register(c, email=email).status_code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sorted(statuses) == [201, 409]
+    assert table_counts(pg)["users"] == 1
+
+
+# -- cold start -----------------------------------------------------------------------------
+
+
+def test_auth_imports_no_llm_pubsub_or_secret_manager_client(tmp_path):
+    """A cold start and a first request load only what auth uses (in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import FUNCTIONS
+
+    source = str(FUNCTIONS / "auth" / "main.py")
+    heavy = ("openai", "google.cloud.pubsub", "google.cloud.secretmanager", "grpc", "stripe")
+    probe = (
+        "import functions_framework, sys\n"
+        f"app = functions_framework.create_app(target='auth', source={source!r})\n"
+        "assert app.test_client().get('/me').status_code == 401\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECRET_MANAGER")}
+
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
