@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     # database
-    database_url: str = DEFAULT_SQLITE_URL
+    database_url: str = Field(DEFAULT_SQLITE_URL, repr=False)  # may hold a password
     database_pool_size: int = Field(5, ge=1, le=100)
     database_echo: bool = False
     cloud_sql_instance: str | None = None  # "project:region:instance" → Cloud SQL connector
@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     db_name: str = "stratus"
     cloud_sql_iam_auth: bool = False
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)  # may hold a password
 
     # LLM
     llm_provider: Literal["auto", "offline", "openai"] = "auto"

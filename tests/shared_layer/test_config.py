@@ -76,6 +76,20 @@ def test_secrets_are_secret_str_and_masked_in_repr(settings_env):
         assert "test-secret-" not in text
 
 
+def test_urls_that_may_hold_passwords_are_left_out_of_repr(settings_env):
+    settings_env(
+        DATABASE_URL="postgresql+pg8000://stratus:db-pass-789@db/stratus",
+        REDIS_URL="redis://:redis-pass-012@cache:6379/0",
+    )
+
+    settings = get_settings()
+
+    assert settings.database_url.endswith("@db/stratus")
+    for text in (repr(settings), str(settings)):
+        assert "db-pass-789" not in text
+        assert "redis-pass-012" not in text
+
+
 def test_invalid_value_names_the_field_but_never_echoes_the_value(settings_env):
     settings_env(DATABASE_POOL_SIZE="not-a-number-secretish")
 
