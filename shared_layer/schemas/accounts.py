@@ -40,7 +40,7 @@ class RefreshRequest(StrictBody):
 class TokenPair(BaseModel):
     access_token: str
     refresh_token: str
-    token_type: Literal["bearer"] = "bearer"
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth 2 token type
     expires_in: int
 
 
