@@ -208,7 +208,7 @@ class Router:
         return register
 
     def dispatch(self, request: flask.Request) -> flask.Response:
-        trace, span = trace_from_headers(dict(request.headers))
+        trace, span = trace_from_headers(request.headers)
         execution_id = request.headers.get("Function-Execution-Id")
         started = time.perf_counter()
         with log_context(function=self.function, trace=trace, span=span, execution_id=execution_id):

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 _context: ContextVar[dict[str, str] | None] = ContextVar("stratus_log_context", default=None)
 _configured = False
@@ -30,7 +30,13 @@ _TRACEPARENT = re.compile(
 SECURITY_LABEL = "security_event"
 
 
-def trace_from_headers(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+class HeaderLookup(Protocol):
+    """Anything with a `get` like werkzeug's case-insensitive `Headers`, or a plain dict."""
+
+    def get(self, key: str, default: str) -> str: ...
+
+
+def trace_from_headers(headers: HeaderLookup) -> tuple[str | None, str | None]:
     """The (trace id, span id) of a request, from W3C `traceparent` or Google's header.
 
     Both ids come back as lowercase hex, as Cloud Logging wants them: the span in

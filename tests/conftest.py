@@ -210,13 +210,15 @@ def function_app(name: str) -> Any:
 
 
 @pytest.fixture
-def client() -> Callable[[str], FlaskClient]:
-    """`client("auth")`: a test client of that function through functions-framework."""
+def client() -> Callable[[str], Any]:
+    """`client("auth")`: a test client of that function through functions-framework.
 
-    def make(name: str) -> FlaskClient:
-        return function_app(name).test_client()
+    Every response of a documented function is checked against docs/openapi.yaml, so each
+    test that calls a route also proves the document describes what the route answers.
+    """
+    from tests.support.openapi import validating_client_factory
 
-    return make
+    return validating_client_factory(function_app)
 
 
 @pytest.fixture

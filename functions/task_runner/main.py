@@ -31,7 +31,7 @@ def _trace(event: CloudEvent) -> tuple[str | None, str | None]:
             return trace, span
     if not flask.has_request_context():
         return None, None
-    return trace_from_headers(dict(flask.request.headers))
+    return trace_from_headers(flask.request.headers)
 
 
 @functions_framework.cloud_event
