@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -26,6 +26,9 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+if TYPE_CHECKING:
+    from google.cloud.secretmanager import SecretManagerServiceClient
 
 DEV_JWT_SECRET = "dev-only-insecure-secret"  # noqa: S105 - refused in production
 PLACEHOLDER_SECRETS = frozenset(
@@ -175,6 +178,13 @@ class Settings(BaseSettings):
         if self.llm_provider != "auto":
             return self.llm_provider
         return "openai" if (self.openai_api_key or self.openai_base_url) else "offline"
+
+
+def secret_manager_client() -> SecretManagerServiceClient:
+    """The REST Secret Manager client settings read through (`shared_layer.secret_manager`)."""
+    from shared_layer.secret_manager import secret_manager_client as build
+
+    return build()
 
 
 def _is_placeholder(secret: SecretStr | None) -> bool:
