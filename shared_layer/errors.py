@@ -2,7 +2,8 @@
 
     StratusError
     ├── InvalidInput          400  the request is malformed or a field is invalid
-    ├── Unauthorized          401  no credentials, or credentials that do not verify
+    ├── Unauthorized          401  credentials that do not verify
+    │   └── MissingCredentials     no credentials at all
     ├── Forbidden             403  authenticated, but not allowed
     ├── NotFound              404  no such resource (or not yours: we do not say which)
     ├── MethodNotAllowed      405
@@ -57,6 +58,10 @@ class InvalidInput(StratusError):
 
 class Unauthorized(StratusError):
     status, slug, title = 401, "unauthorized", "Unauthorized"
+
+
+class MissingCredentials(Unauthorized):
+    """No credentials at all (as opposed to credentials that do not verify)."""
 
 
 class Forbidden(StratusError):

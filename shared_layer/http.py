@@ -39,11 +39,13 @@ from shared_layer.errors import (
     PROBLEM_CONTENT_TYPE,
     InvalidInput,
     MethodNotAllowed,
+    MissingCredentials,
     NotFound,
     PayloadTooLarge,
     StratusError,
     Unauthorized,
     UnsupportedMediaType,
+    UpstreamError,
     internal_problem,
     problem_for,
 )
@@ -184,11 +186,16 @@ class _Route:
 class Router:
     """Routes of one HTTP function, by OpenAPI-style templates (`/agents/{agent_id}`)."""
 
-    def __init__(self, function: str) -> None:
+    def __init__(self, function: str, *, check_config: bool = True) -> None:
+        """`check_config` reads the settings now, so that a configuration production refuses
+        stops the instance at start (a failed deploy) instead of failing every request;
+        `health` opts out, because its job is to answer and name the problems."""
         self.function = function
         self._routes: dict[tuple[str, str], _Route] = {}
         self._map = Map(strict_slashes=False, merge_slashes=False)
         configure_logging()
+        if check_config:
+            get_settings()
 
     @property
     def routes(self) -> list[tuple[str, str]]:
@@ -226,6 +233,10 @@ class Router:
                 response = _to_response(route.handler(api_request))
             except StratusError as exc:
                 response = self._problem(exc, request)
+            except ConfigError as exc:
+                logger.error("configuration refused: %s", exc)
+                unavailable = UpstreamError("the service is not configured; see the health report")
+                response = problem_response(problem_for(unavailable, instance=request.path))
             except Exception:
                 logger.exception("unhandled error in %s %s", request.method, request.path)
                 response = problem_response(internal_problem(instance=request.path))
@@ -260,8 +271,10 @@ class Router:
 
     def _problem(self, exc: StratusError, request: flask.Request) -> flask.Response:
         headers: dict[str, str] = {}
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        if isinstance(exc, MissingCredentials):  # RFC 6750 §3.1: no error code without a token
+            headers["WWW-Authenticate"] = 'Bearer realm="stratus"'
+        elif isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer realm="stratus", error="invalid_token"'
             log_security_event("auth_failed", path=request.path, reason=exc.detail)
         if isinstance(exc, MethodNotAllowed):
             headers["Allow"] = ", ".join(exc.allowed)
@@ -284,7 +297,7 @@ def _to_response(reply: Reply) -> flask.Response:
 def bearer_token(request: flask.Request) -> str:
     header = request.headers.get("Authorization", "")
     if not header:
-        raise Unauthorized("missing Authorization header; expected 'Bearer <access token>'")
+        raise MissingCredentials("missing Authorization header; expected 'Bearer <access token>'")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("malformed Authorization header; expected 'Bearer <access token>'")

@@ -12,7 +12,7 @@ import functions_framework
 from shared_layer.health import check_health
 from shared_layer.http import ApiRequest, Router, json_response
 
-router = Router("health")
+router = Router("health", check_config=False)
 
 
 @router.route("GET", "/")

@@ -1,0 +1,50 @@
+"""The shared HTTP adapter: challenges, and configuration refused at start and at request time."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from shared_layer.config import ConfigError
+from shared_layer.http import ApiRequest, Router
+
+REFUSED = {"STRATUS_ENV": "production", "JWT_SECRET": "change-me", "LLM_PROVIDER": "offline"}
+
+
+def test_missing_token_gets_a_bare_bearer_challenge(db, client):
+    r = client("auth").get("/me")
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="stratus"'
+
+
+def test_bad_token_gets_an_invalid_token_challenge(db, client):
+    r = client("auth").get("/me", headers={"Authorization": "Bearer not-a-jwt"})
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="stratus", error="invalid_token"'
+
+
+def test_a_router_refuses_to_start_on_a_configuration_production_refuses(settings_env):
+    settings_env(**REFUSED)
+    with pytest.raises(ConfigError, match="JWT_SECRET"):
+        Router("auth")
+    Router("health", check_config=False)  # health must start to report the problems
+
+
+def test_configuration_refused_after_start_is_a_503_problem_naming_no_value(settings_env):
+    router = Router("probe")
+
+    @router.route("GET", "/needs-settings")
+    def needs_settings(req: ApiRequest) -> dict[str, str]:
+        from shared_layer.config import get_settings
+
+        return {"env": get_settings().environment}
+
+    settings_env(**REFUSED)
+    app = Flask("probe")
+    with app.test_request_context("/needs-settings"):
+        from flask import request
+
+        response = router.dispatch(request)
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert "change-me" not in response.get_data(as_text=True)
