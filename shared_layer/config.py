@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -36,6 +36,15 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 DEFAULT_SQLITE_URL = "sqlite:///.stratus/stratus.db"
 JWT_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2: a key >= the hash size
+# List prices in USD micros per million tokens (input, output); MODEL_PRICES (JSON) replaces them.
+DEFAULT_MODEL_PRICES: dict[str, tuple[int, int]] = {
+    "offline": (0, 0),
+    "gpt-4o-mini": (150_000, 600_000),
+    "gpt-4o": (2_500_000, 10_000_000),
+    "gpt-4.1-nano": (100_000, 400_000),
+    "gpt-4.1-mini": (400_000, 1_600_000),
+    "gpt-4.1": (2_000_000, 8_000_000),
+}
 SECRET_FIELDS = (
     "jwt_secret",
     "db_password",
@@ -48,6 +57,28 @@ SECRET_FIELDS = (
 
 class ConfigError(RuntimeError):
     """Configuration that cannot run; the message names the variables, never their values."""
+
+
+class PlanLimits(BaseModel):
+    """What a plan allows per billing period (tasks, tokens), at once (agents), and which
+    models (shell patterns: `gpt-4o*`; `*` is any). 0 means none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks_per_month: int = Field(ge=0)
+    tokens_per_month: int = Field(ge=0)
+    agents: int = Field(ge=0)
+    models: tuple[str, ...] = ("*",)
+
+
+PLAN_NAMES = ("free", "pro", "team")  # in rank order; a user with no subscription is on free
+# Model names depend on the deployment (OpenAI, a local server), so no plan restricts them by
+# default; restrict with BILLING_PLANS='{"free": {"models": ["gpt-4o-mini"]}}'.
+DEFAULT_PLANS: dict[str, dict[str, Any]] = {
+    "free": {"tasks_per_month": 100, "tokens_per_month": 200_000, "agents": 10},
+    "pro": {"tasks_per_month": 5_000, "tokens_per_month": 10_000_000, "agents": 100},
+    "team": {"tasks_per_month": 50_000, "tokens_per_month": 100_000_000, "agents": 1_000},
+}
 
 
 class Settings(BaseSettings):
@@ -121,6 +152,25 @@ class Settings(BaseSettings):
     task_max_attempts: int = Field(3, ge=1, le=20)
     task_max_input_chars: int = Field(32_000, ge=1)
 
+    # monitoring and operations (shared_layer/monitoring.py, functions/metrics_cleanup)
+    monitoring_enabled: bool = True  # record a metric row per API call and per task run
+    # USD micros per million tokens, (input, output), by model name or name prefix
+    model_prices: dict[str, tuple[int, int]] = Field(
+        default_factory=lambda: dict(DEFAULT_MODEL_PRICES)
+    )
+    api_call_metrics_retention_days: int = Field(30, ge=1, le=3650)
+    task_metrics_retention_days: int = Field(90, ge=1, le=3650)
+    metrics_cleanup_batch_size: int = Field(5000, ge=100, le=100_000)
+    metrics_cleanup_batch_seconds: float = Field(0.5, gt=0, le=5)  # target time of one batch
+    metrics_cleanup_max_seconds: float = Field(240.0, gt=0, le=3600)  # stop; the next run goes on
+    task_republish_after_seconds: int = Field(900, ge=60)  # queued this long: publish again
+    metrics_max_range_days: int = Field(31, ge=1, le=3650)  # longest GET /health/metrics range
+    llm_probe_ttl_seconds: int = Field(300, ge=10)  # the cloud health probe's cache
+    scheduler_service_account_email: str | None = None  # Cloud Scheduler's OIDC identity
+    scheduler_oidc_audience: str | None = None  # the metrics_cleanup URL the token is minted for
+    google_oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    local_cleanup_interval_seconds: int = Field(300, ge=0)  # the local stack's timer; 0: off
+
     # billing and email (used from issue 3 on)
     stripe_secret_key: SecretStr | None = None
     stripe_publishable_key: str | None = None
@@ -128,6 +178,24 @@ class Settings(BaseSettings):
     sendgrid_api_key: SecretStr | None = None
     sendgrid_from_email: str = "no-reply@example.com"
     sendgrid_from_name: str = "Stratus"
+    stripe_api_base: str | None = None  # None: Stripe itself; tests point it at a loopback server
+    stripe_max_network_retries: int = Field(2, ge=0, le=10)
+    stripe_webhook_tolerance_seconds: int = Field(300, ge=1, le=3600)
+    stripe_price_pro: str | None = None
+    stripe_price_team: str | None = None
+    billing_plans: Annotated[dict[str, PlanLimits], NoDecode] = Field(
+        default_factory=lambda: {k: PlanLimits(**v) for k, v in DEFAULT_PLANS.items()}
+    )
+    billing_grace_period_days: int = Field(7, ge=0, le=90)
+    billing_success_url: str = "http://127.0.0.1:8080/?checkout=success"
+    billing_cancel_url: str = "http://127.0.0.1:8080/?checkout=cancel"
+    billing_portal_return_url: str = "http://127.0.0.1:8080/"
+    email_backend: Literal["auto", "outbox", "sendgrid"] = "auto"
+    sendgrid_api_base: str = "https://api.sendgrid.com"
+    sendgrid_timeout_seconds: float = Field(10.0, gt=0)
+    sendgrid_webhook_public_key: str | None = None  # base64 DER, as SendGrid shows it
+    sendgrid_webhook_max_age_seconds: int = Field(300, ge=1, le=86_400)
+    sendgrid_webhook_max_body_bytes: int = Field(16 * 1_048_576, ge=1024)
 
     @field_validator(*SECRET_FIELDS, mode="before")
     @classmethod
@@ -140,6 +208,26 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("billing_plans", mode="before")
+    @classmethod
+    def _merge_plans(cls, value: Any) -> Any:
+        """BILLING_PLANS (JSON) changes the default plans field by field: `{"free": {"agents":
+        3}}` keeps the rest of free, pro and team as they are."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(set(value) - set(PLAN_NAMES))
+        if unknown:
+            raise ValueError(f"unknown plans {unknown}; the plans are {list(PLAN_NAMES)}")
+        merged: dict[str, Any] = {}
+        for name in PLAN_NAMES:
+            override = value.get(name) or {}
+            if isinstance(override, PlanLimits):
+                override = override.model_dump()
+            merged[name] = {**DEFAULT_PLANS[name], **override}
+        return merged
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -265,6 +353,8 @@ class StripeConfig:
     secret_key: SecretStr | None
     publishable_key: str | None
     webhook_secret: SecretStr | None
+    api_base: str | None = None
+    webhook_tolerance_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -272,6 +362,9 @@ class SendGridConfig:
     api_key: SecretStr | None
     from_email: str
     from_name: str
+    api_base: str = "https://api.sendgrid.com"
+    webhook_public_key: str | None = None
+    webhook_max_age_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -311,12 +404,25 @@ def get_openai_config() -> OpenAIConfig:
 
 def get_stripe_config() -> StripeConfig:
     s = get_settings()
-    return StripeConfig(s.stripe_secret_key, s.stripe_publishable_key, s.stripe_webhook_secret)
+    return StripeConfig(
+        s.stripe_secret_key,
+        s.stripe_publishable_key,
+        s.stripe_webhook_secret,
+        s.stripe_api_base,
+        s.stripe_webhook_tolerance_seconds,
+    )
 
 
 def get_sendgrid_config() -> SendGridConfig:
     s = get_settings()
-    return SendGridConfig(s.sendgrid_api_key, s.sendgrid_from_email, s.sendgrid_from_name)
+    return SendGridConfig(
+        s.sendgrid_api_key,
+        s.sendgrid_from_email,
+        s.sendgrid_from_name,
+        s.sendgrid_api_base,
+        s.sendgrid_webhook_public_key,
+        s.sendgrid_webhook_max_age_seconds,
+    )
 
 
 def get_gcp_config() -> GcpConfig:

@@ -2,15 +2,18 @@
 
     StratusError
     ├── InvalidInput          400  the request is malformed or a field is invalid
+    │   └── InvalidSignature       a webhook whose signature or timestamp does not verify
     ├── Unauthorized          401  credentials that do not verify
     │   └── MissingCredentials     no credentials at all
     ├── Forbidden             403  authenticated, but not allowed
+    │   └── PlanLimitReached       the caller's plan does not include this (agents, a model)
     ├── NotFound              404  no such resource (or not yours: we do not say which)
     ├── MethodNotAllowed      405
     ├── Conflict              409  the resource exists or is in the wrong state
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415
     ├── RateLimited           429
+    │   └── QuotaExceeded          a monthly plan quota is used up until `resets_at`
     ├── LLMRequestError       502  the language model rejected the request; permanent
     └── UpstreamError         503  a dependency (database, LLM, Pub/Sub) failed; retryable
 
@@ -56,6 +59,12 @@ class InvalidInput(StratusError):
             self.extra["errors"] = self.errors
 
 
+class InvalidSignature(InvalidInput):
+    """A webhook that does not prove it comes from its sender (or is too old or too new)."""
+
+    status, slug, title = 400, "invalid-signature", "Invalid webhook signature"
+
+
 class Unauthorized(StratusError):
     status, slug, title = 401, "unauthorized", "Unauthorized"
 
@@ -66,6 +75,12 @@ class MissingCredentials(Unauthorized):
 
 class Forbidden(StratusError):
     status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class PlanLimitReached(Forbidden):
+    """The caller's plan does not include this; waiting does not help, a better plan does."""
+
+    slug, title = "plan-limit", "Not included in the plan"
 
 
 class NotFound(StratusError):
@@ -94,6 +109,19 @@ class UnsupportedMediaType(StratusError):
 
 class RateLimited(StratusError):
     status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+class QuotaExceeded(RateLimited):
+    """A plan quota for the billing period is used up; `retry_after` is the seconds until
+    it resets (the HTTP adapter sends it as `Retry-After`)."""
+
+    slug, title = "quota-exceeded", "Plan quota exceeded"
+
+    def __init__(
+        self, detail: str, *, retry_after: int, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(detail, extra=extra)
+        self.retry_after = max(1, retry_after)
 
 
 class LLMRequestError(StratusError):

@@ -42,6 +42,7 @@ from shared_layer.errors import (
     MissingCredentials,
     NotFound,
     PayloadTooLarge,
+    QuotaExceeded,
     StratusError,
     Unauthorized,
     UnsupportedMediaType,
@@ -278,6 +279,8 @@ class Router:
             log_security_event("auth_failed", path=request.path, reason=exc.detail)
         if isinstance(exc, MethodNotAllowed):
             headers["Allow"] = ", ".join(exc.allowed)
+        if isinstance(exc, QuotaExceeded):
+            headers["Retry-After"] = str(exc.retry_after)
         if exc.status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc.detail)
         return problem_response(problem_for(exc, instance=request.path), headers)
