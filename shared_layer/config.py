@@ -154,6 +154,8 @@ class Settings(BaseSettings):
 
     # monitoring and operations (shared_layer/monitoring.py, functions/metrics_cleanup)
     monitoring_enabled: bool = True  # record a metric row per API call and per task run
+    monitoring_batch_size: int = Field(50, ge=1, le=1000)  # API-call rows written per INSERT
+    monitoring_flush_seconds: float = Field(2.0, ge=0, le=60)  # …or once the oldest is this old
     # USD micros per million tokens, (input, output), by model name or name prefix
     model_prices: dict[str, tuple[int, int]] = Field(
         default_factory=lambda: dict(DEFAULT_MODEL_PRICES)

@@ -55,8 +55,9 @@ from shared_layer.logging_config import (
     log_api_call,
     log_context,
     log_security_event,
-    trace_from_headers,
+    request_log_fields,
 )
+from shared_layer.monitoring import api_call_monitor
 
 logger = logging.getLogger(__name__)
 
@@ -216,13 +217,20 @@ class Router:
         return register
 
     def dispatch(self, request: flask.Request) -> flask.Response:
-        trace, span = trace_from_headers(request.headers)
-        execution_id = request.headers.get("Function-Execution-Id")
+        """Answer one request; every request is logged and recorded as an API-call metric (by
+        route template) once, here, so no function monitors its routes by hand."""
+        fields = request_log_fields(request.headers)
         started = time.perf_counter()
-        with log_context(function=self.function, trace=trace, span=span, execution_id=execution_id):
+        with (
+            log_context(function=self.function, **fields),
+            api_call_monitor(
+                self.function, request.method, execution_id=fields["execution_id"]
+            ) as call,
+        ):
             api_request: ApiRequest | None = None
             try:
                 route, params = self._match(request)
+                call.route = route.template
                 api_request = ApiRequest(
                     raw=request,
                     params=params,
@@ -230,7 +238,7 @@ class Router:
                     max_body_bytes=_max_body_bytes(),
                 )
                 if route.auth:
-                    api_request.user_id = authenticate(request)
+                    api_request.user_id = call.user_id = authenticate(request)
                 response = _to_response(route.handler(api_request))
             except StratusError as exc:
                 response = self._problem(exc, request)
@@ -250,6 +258,7 @@ class Router:
                 duration_ms,
                 user,
             )
+            call.status_code = response.status_code
             return response
 
     def _match(self, request: flask.Request) -> tuple[_Route, dict[str, str]]:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 import traceback
 from collections.abc import Iterator, MutableMapping
@@ -52,6 +53,18 @@ def trace_from_headers(headers: HeaderLookup) -> tuple[str | None, str | None]:
     span = rest.split(";")[0]
     span_hex = f"{int(span):016x}" if span.isdigit() and 0 < int(span) < 2**64 else None
     return trace.lower(), span_hex
+
+
+def request_log_fields(headers: HeaderLookup) -> dict[str, str | None]:
+    """Trace, span and execution id of a request or a pushed event, for `log_context`.
+
+    Without trace headers (a local call) a random trace id is made up, so that the lines of one
+    request or task still share one; functions-framework sets `Function-Execution-Id` when the
+    platform did not.
+    """
+    trace, span = trace_from_headers(headers)
+    execution_id = headers.get("Function-Execution-Id", "").strip() or None
+    return {"trace": trace or secrets.token_hex(16), "span": span, "execution_id": execution_id}
 
 
 @contextmanager

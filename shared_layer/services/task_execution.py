@@ -11,7 +11,10 @@ claimed again can never overwrite the newer run.
        ^                 │
        └──release────────┘  (a transient failure, while attempts < TASK_MAX_ATTEMPTS)
 
-A running task whose lease has lapsed (its runner died) may be claimed again.
+A running task whose lease has lapsed (its runner died) may be claimed again while attempts
+remain; on its last attempt it fails instead (`settle_lapsed_lease`, which the lease reaper in
+shared_layer/reaper.py uses too, so a claim and a reaper settle a lapsed lease alike). Each
+claimed run records one task metric (`@monitor_task_execution`, shared_layer/monitoring.py).
 """
 
 from __future__ import annotations
@@ -33,8 +36,17 @@ from shared_layer.database import session_scope
 from shared_layer.errors import StratusError, UpstreamError
 from shared_layer.logging_config import get_agent_logger, log_task_execution
 from shared_layer.models import Agent, Task, TaskStatus, TaskStep, utcnow
+from shared_layer.monitoring import current_task_run, monitor_task_execution
 
-__all__ = ["StepRecord", "claim_task", "complete_task", "fail_task", "release_task", "run_task"]
+__all__ = [
+    "StepRecord",
+    "claim_task",
+    "complete_task",
+    "fail_task",
+    "release_task",
+    "run_task",
+    "settle_lapsed_lease",
+]
 
 logger = get_agent_logger()
 
@@ -56,8 +68,51 @@ class _Job:
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
-    lapsed = and_(Task.status == TaskStatus.RUNNING.value, Task.lease_expires_at < now)
+    """Queued, or running with a lapsed lease and an attempt left (else: settle_lapsed_lease)."""
+    lapsed = and_(
+        Task.status == TaskStatus.RUNNING.value,
+        Task.lease_expires_at < now,
+        Task.attempts < get_settings().task_max_attempts,
+    )
     return or_(Task.status == TaskStatus.QUEUED.value, lapsed)
+
+
+def settle_lapsed_lease(
+    session: Session, *, task_id: uuid.UUID, attempts: int, now: datetime
+) -> Literal["queued", "failed", "stale"]:
+    """A running task whose lease lapsed (its runner stopped without reporting): back to queued
+    while attempts remain, else failed with the reason. Guarded by the state that was read, so
+    of several reapers and claimers exactly one settles it; "stale" when another did."""
+    max_attempts = get_settings().task_max_attempts
+    guard = and_(
+        Task.id == task_id,
+        Task.status == TaskStatus.RUNNING.value,
+        Task.attempts == attempts,
+        Task.lease_expires_at < now,
+    )
+    state: Literal["queued", "failed"]
+    if attempts >= max_attempts:
+        state = "failed"
+        values = {
+            "status": TaskStatus.FAILED.value,
+            "error": f"gave up after {attempts} attempts: the lease of the last one lapsed "
+            "(the runner stopped without reporting)",
+            "finished_at": now,
+        }
+    else:
+        state = "queued"
+        values = {
+            "status": TaskStatus.QUEUED.value,
+            "error": f"attempt {attempts} lapsed (the runner stopped without reporting); "
+            "queued again",
+        }
+    statement = (
+        update(Task)
+        .where(guard)
+        .values(**values, lease_expires_at=None, updated_at=now)
+        .returning(Task.id)
+    )
+    return state if session.execute(statement).scalar_one_or_none() is not None else "stale"
 
 
 def _held(task_id: uuid.UUID, attempt: int) -> ColumnElement[bool]:
@@ -175,6 +230,7 @@ def release_task(
     return "queued" if session.execute(statement).scalar_one_or_none() is not None else "stale"
 
 
+@monitor_task_execution("run_task")
 def run_task(task_id: uuid.UUID) -> Outcome:
     """Run one delivery of a task. Returns how it ended; raises `UpstreamError` (after putting
     the task back in the queue) when another delivery should try again."""
@@ -194,6 +250,7 @@ def run_task(task_id: uuid.UUID) -> Outcome:
             )
         _log_end(job, state, started, exc.detail)
         if state == "queued":
+            _observe(status="retrying")
             raise
         return state
     except StratusError as exc:
@@ -212,8 +269,22 @@ def run_task(task_id: uuid.UUID) -> Outcome:
             steps=run.steps,
         )
     outcome: Outcome = "succeeded" if stored else "stale"
+    _observe(
+        provider=run.answer.provider,
+        model=run.answer.model,
+        prompt_tokens=sum(s.prompt_tokens for s in run.steps),
+        completion_tokens=sum(s.completion_tokens for s in run.steps),
+    )
     _log_end(job, outcome, started)
     return outcome
+
+
+def _observe(**fields: object) -> None:
+    """Tell the task metric (`@monitor_task_execution`) what this run learned."""
+    observed = current_task_run()
+    if observed is not None:
+        for name, value in fields.items():
+            setattr(observed, name, value)
 
 
 def _claim(task_id: uuid.UUID) -> _Job | Outcome:
@@ -224,12 +295,19 @@ def _claim(task_id: uuid.UUID) -> _Job | Outcome:
         if task is None:
             logger.warning("task does not exist; nothing to run", task_id=str(task_id))
             return "missing"
-        lapsed = task.lease_expires_at is not None and task.lease_expires_at < utcnow()
+        now = utcnow()
+        lapsed = task.lease_expires_at is not None and task.lease_expires_at < now
         if task.status != TaskStatus.QUEUED.value and not (
             task.status == TaskStatus.RUNNING.value and lapsed
         ):
             logger.info("task is %s; nothing to run", task.status, task_id=str(task_id))
             return "skipped"
+        if lapsed and task.attempts >= settings.task_max_attempts:
+            state = settle_lapsed_lease(session, task_id=task_id, attempts=task.attempts, now=now)
+            logger.warning("lapsed lease on the last attempt: %s", state, task_id=str(task_id))
+            return "failed" if state == "failed" else "skipped"
+        # Waiting since it was queued: created, or put back (release, reaper) for this attempt.
+        queued_since = task.created_at if task.attempts == 0 else task.updated_at
         agent = session.get(Agent, task.agent_id)
         config: AgentRunConfig | None = None
         problem = f"agent {task.agent_id} no longer exists"
@@ -245,8 +323,15 @@ def _claim(task_id: uuid.UUID) -> _Job | Outcome:
         if attempt is None:
             logger.info("another runner claimed the task first", task_id=str(task_id))
             return "skipped"
-        if attempt > settings.task_max_attempts:
-            config, problem = None, f"gave up after {attempt - 1} attempts (leases lapsed)"
+        _observe(
+            task_id=task_id,
+            agent_id=task.agent_id,
+            user_id=task.owner_id,
+            attempts=attempt,
+            queue_wait_ms=(utcnow() - queued_since).total_seconds() * 1000,
+            provider=settings.llm_mode,
+            model=config.model if config else None,
+        )
         if config is None:
             fail_task(session, task_id=task_id, attempt=attempt, reason=problem)
             logger.warning("task failed before running: %s", problem, task_id=str(task_id))

@@ -1,0 +1,172 @@
+"""API-call metric rows, written in batches: at most one INSERT per request, usually none.
+
+A synchronous INSERT per request costs about as much as the request's own queries (a round
+trip, a WAL flush, pg8000's statement parsing), so `MetricsBuffer` keeps rows in memory and
+writes them with one multi-row INSERT when `MONITORING_BATCH_SIZE` rows are waiting or the
+oldest has waited `MONITORING_FLUSH_SECONDS`. That write happens on the thread of the request
+that found it due, while the request still holds the CPU (a serverless instance may get none
+once it has answered). A timer flushes an idle instance's rows; the process's exit (Cloud Run
+sends SIGTERM and allows ten seconds) flushes what is left. `MONITORING_BATCH_SIZE=1` writes
+every row at once (the tests do).
+
+Rows belong to the settings they were recorded under: when the settings are rebuilt (a test
+switching databases), rows recorded for the old database are dropped rather than written to
+the new one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import threading
+import time
+from typing import Any
+
+from shared_layer.config import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+_COLUMNS = (
+    "created_at",
+    "function",
+    "route",
+    "method",
+    "status_code",
+    "duration_ms",
+    "user_id",
+    "execution_id",
+)
+# One statement whatever the batch size: a column per array, expanded by `unnest`, so the
+# driver sends (and parses) the same short SQL every time.
+_POSTGRES_INSERT = """
+INSERT INTO api_call_metrics
+    (created_at, function, route, method, status_code, duration_ms, user_id, execution_id)
+SELECT * FROM unnest(
+    CAST(:created_at AS timestamptz[]), CAST(:function AS varchar[]), CAST(:route AS varchar[]),
+    CAST(:method AS varchar[]), CAST(:status_code AS integer[]), CAST(:duration_ms AS float8[]),
+    CAST(:user_id AS uuid[]), CAST(:execution_id AS varchar[])
+)
+"""
+
+
+@functools.cache
+def _postgres_insert() -> Any:
+    from sqlalchemy import text
+
+    return text(_POSTGRES_INSERT)
+
+
+@functools.cache
+def _generic_insert() -> Any:
+    from sqlalchemy import insert
+
+    from shared_layer.models import ApiCallMetric
+
+    return insert(ApiCallMetric)
+
+
+def _insert_rows(connection: Any, batch: list[dict[str, Any]]) -> None:
+    if connection.dialect.name != "postgresql":
+        connection.execute(_generic_insert(), batch)  # SQLite: in-process, a row costs little
+        return
+    columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+    for row in batch:
+        for name, values in columns.items():
+            value = row[name]
+            values.append(str(value) if name == "user_id" and value is not None else value)
+    connection.execute(_postgres_insert(), columns)
+
+
+class MetricsBuffer:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: list[dict[str, Any]] = []
+        self._oldest = 0.0
+        self._owner: Settings | None = None
+        self._timer: threading.Timer | None = None
+        self._atexit = False
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Queue a row; write the batch now if it is due."""
+        settings = get_settings()
+        now = time.monotonic()
+        with self._lock:
+            if self._owner is not settings:
+                if self._rows:
+                    logger.debug("settings changed: %d unwritten metric rows dropped", len(self))
+                self._rows, self._owner = [], settings
+            if not self._rows:
+                self._oldest = now
+            self._rows.append(row)
+            due = (
+                len(self._rows) >= settings.monitoring_batch_size
+                or now - self._oldest >= settings.monitoring_flush_seconds
+            )
+            batch = self._take() if due else []
+            if not due:
+                self._arm(settings.monitoring_flush_seconds)
+        if batch:
+            self._write(batch)
+
+    def flush(self) -> int:
+        """Write every waiting row now; the number written."""
+        try:
+            settings = get_settings()
+        except Exception:  # refused settings (or none at exit): nowhere to write to
+            return 0
+        with self._lock:
+            batch = self._take() if self._owner is settings else []
+        return len(batch) if batch and self._write(batch) else 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _take(self) -> list[dict[str, Any]]:
+        batch, self._rows = self._rows, []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return batch
+
+    def _arm(self, seconds: float) -> None:
+        """Start the idle-flush timer (and the exit hook) if none is pending; lock held."""
+        if not self._atexit:
+            atexit.register(self.flush)
+            self._atexit = True
+        if self._timer is None:
+            self._timer = threading.Timer(seconds, self._on_timer)
+            self._timer.daemon = True
+            self._timer.name = "stratus-metrics-flush"
+            self._timer.start()
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+        try:
+            self.flush()
+        except Exception:  # the settings may be refused by now; never kill the timer thread loudly
+            logger.debug("metrics flush from the timer failed", exc_info=True)
+
+    @staticmethod
+    def _write(batch: list[dict[str, Any]]) -> bool:
+        from shared_layer.database import get_engine
+
+        try:
+            with get_engine().begin() as connection:
+                _insert_rows(connection, batch)
+        except Exception as exc:  # monitoring must never fail the request it watches
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            logger.warning(
+                "could not record %d API-call metric(s): %s: %s",
+                len(batch),
+                type(exc).__name__,
+                first,
+                extra={"metric_rows_lost": len(batch)},
+            )
+            return False
+        return True
+
+
+api_calls = MetricsBuffer()
