@@ -239,3 +239,133 @@ class TaskMetric(Base):
     prompt_tokens: Mapped[int] = mapped_column(default=0)
     completion_tokens: Mapped[int] = mapped_column(default=0)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# Billing (Stripe) and email (SendGrid).
+
+
+class BillingCustomer(Base):
+    """The Stripe customer of a user: created once, on the first checkout, and reused."""
+
+    __tablename__ = "billing_customers"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    stripe_customer_id: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Subscription(Base):
+    """A Stripe subscription as the newest event applied left it.
+
+    `version` is the `created` time (Unix seconds) of that event: an older event arriving
+    late never moves the row back.
+    """
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # sub_...
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    stripe_customer_id: Mapped[str] = mapped_column(String(255))
+    plan: Mapped[str | None] = mapped_column(String(32))  # None: a price no plan names
+    price_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32))
+    current_period_start: Mapped[datetime | None]
+    current_period_end: Mapped[datetime | None]
+    cancel_at_period_end: Mapped[bool] = mapped_column(default=False)
+    canceled_at: Mapped[datetime | None]
+    past_due_since: Mapped[datetime | None]
+    version: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Invoice(Base):
+    """A Stripe invoice's outcome; amounts in the currency's minor unit (cents)."""
+
+    __tablename__ = "invoices"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # in_...
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    stripe_customer_id: Mapped[str] = mapped_column(String(255))
+    subscription_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32))  # paid | payment_failed
+    currency: Mapped[str] = mapped_column(String(3))
+    amount_due: Mapped[int] = mapped_column(BigInteger)
+    amount_paid: Mapped[int] = mapped_column(BigInteger)
+    attempt_count: Mapped[int] = mapped_column(default=0)
+    hosted_invoice_url: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class StripeEvent(Base):
+    """Every verified Stripe event, keyed by its id: a second delivery finds it and stops."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # evt_...
+    type: Mapped[str] = mapped_column(String(100))
+    created: Mapped[datetime]  # when Stripe created the event
+    livemode: Mapped[bool] = mapped_column(default=False)
+    outcome: Mapped[str] = mapped_column(String(32))  # applied | stale | ignored | unmatched
+    payload: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class EmailMessage(Base):
+    """Every email Stratus sent or meant to send: the local outbox and the sent history."""
+
+    __tablename__ = "email_messages"
+    __table_args__ = (Index("ix_email_messages_to_email_created_at", "to_email", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    to_email: Mapped[str] = mapped_column(String(320))
+    template: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(300))
+    body_text: Mapped[str] = mapped_column(Text)
+    backend: Mapped[str] = mapped_column(String(16))  # outbox | sendgrid
+    status: Mapped[str] = mapped_column(String(16))  # outbox | sending | sent | suppressed | failed
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class EmailEvent(Base):
+    """A SendGrid event (delivered, open, bounce, ...), keyed by `sg_event_id`."""
+
+    __tablename__ = "email_events"
+    __table_args__ = (Index("ix_email_events_email_occurred_at", "email", "occurred_at"),)
+
+    sg_event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    event: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[datetime]
+    sg_message_id: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EmailSuppression(Base):
+    """An address Stratus no longer sends to: it bounced, reported spam or unsubscribed."""
+
+    __tablename__ = "email_suppressions"
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    sg_event_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,110 @@
+"""Bodies of the billing, stripe_webhook and sendgrid_webhook functions.
+
+Webhook payloads are validated only as far as Stratus reads them (`extra="allow"`): Stripe and
+SendGrid add fields over time, and an added field must not turn a genuine event into a 400.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter
+
+from shared_layer.schemas.common import StrictBody
+
+PaidPlanName = Literal["pro", "team"]
+PlanName = Literal["free", "pro", "team"]
+
+
+class CheckoutCreate(StrictBody):
+    plan: PaidPlanName
+
+
+class CheckoutSessionPublic(BaseModel):
+    id: str
+    url: str
+    plan: PaidPlanName
+
+
+class PortalSessionPublic(BaseModel):
+    url: str
+
+
+class LimitUsage(BaseModel):
+    used: int
+    limit: int
+    remaining: int
+    resets_at: datetime | None  # None: not a per-period limit (agents)
+
+    @classmethod
+    def of(cls, used: int, limit: int, resets_at: datetime | None) -> LimitUsage:
+        return cls(used=used, limit=limit, remaining=max(0, limit - used), resets_at=resets_at)
+
+
+class PlanUsage(BaseModel):
+    tasks: LimitUsage
+    tokens: LimitUsage
+    agents: LimitUsage
+
+
+class SubscriptionPublic(BaseModel):
+    plan: PlanName
+    status: str  # Stripe's subscription status, or "none"
+    subscription_id: str | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    grace_period_ends_at: datetime | None
+    period_start: datetime
+    period_end: datetime
+    models: list[str]
+    usage: PlanUsage
+
+
+class StripeEventData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    object: dict[str, Any]
+
+
+class StripeEventIn(BaseModel):
+    """A Stripe event (snapshot payload), as far as the webhook reads it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=255)
+    object: Literal["event"]
+    type: str = Field(min_length=1, max_length=100)
+    created: StrictInt = Field(ge=0)
+    livemode: StrictBool = False
+    data: StripeEventData
+
+
+class StripeWebhookReceipt(BaseModel):
+    received: bool = True
+    event_id: str
+    duplicate: bool
+    outcome: str  # applied | stale | ignored | unmatched | duplicate
+
+
+class SendGridEventIn(BaseModel):
+    """One event of a SendGrid Event Webhook batch, as far as Stratus reads it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    email: str = Field(min_length=1, max_length=320)
+    event: str = Field(min_length=1, max_length=32)
+    sg_event_id: str = Field(min_length=1, max_length=255)
+    timestamp: StrictInt = Field(ge=0, le=32_503_680_000)  # before the year 3000
+    sg_message_id: str | None = None
+    reason: str | None = None
+
+
+SendGridBatch = TypeAdapter(list[SendGridEventIn])
+
+
+class SendGridWebhookReceipt(BaseModel):
+    received: int
+    stored: int
+    duplicates: int
+    suppressed: int

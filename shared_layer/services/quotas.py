@@ -1,0 +1,128 @@
+"""Plan limits, enforced: at task submission, at agent creation, and before each model call.
+
+Monthly quotas (tasks, tokens) count what the user used in the billing period and, when used
+up, raise `QuotaExceeded` (429) naming the limit and when it resets. What waiting cannot fix
+(the number of agents, a model the plan does not include) raises `PlanLimitReached` (403).
+Submission and agent creation hold the user's row lock while they count, so concurrent
+requests cannot both slip under a limit.
+
+Tokens are counted from stored task usage (`tasks.prompt_tokens + completion_tokens`), so the
+check before a model call adds the tokens the running task has used so far.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared_layer.errors import PlanLimitReached, QuotaExceeded
+from shared_layer.models import Agent, Task
+from shared_layer.services.billing import PlanStatus, lock_user, plan_in_effect
+
+__all__ = [
+    "Usage",
+    "check_model_call",
+    "enforce_agent_creation",
+    "enforce_task_submission",
+    "usage_in_period",
+]
+
+
+@dataclass(frozen=True)
+class Usage:
+    tasks: int
+    tokens: int
+    agents: int
+
+
+def usage_in_period(session: Session, *, user_id: uuid.UUID, status: PlanStatus) -> Usage:
+    """Tasks submitted and tokens used in the billing period, and agents owned now."""
+    tasks, tokens = session.execute(
+        select(
+            func.count(Task.id),
+            func.coalesce(func.sum(Task.prompt_tokens + Task.completion_tokens), 0),
+        ).where(
+            Task.owner_id == user_id,
+            Task.created_at >= status.period_start,
+            Task.created_at < status.period_end,
+        )
+    ).one()
+    agents = session.scalar(select(func.count(Agent.id)).where(Agent.owner_id == user_id))
+    return Usage(int(tasks), int(tokens), int(agents or 0))
+
+
+def _describe(status: PlanStatus, limit: str, used: int, allowed: int) -> dict[str, Any]:
+    return {
+        "limit": limit,
+        "plan": status.plan.name,
+        "used": used,
+        "allowed": allowed,
+        "resets_at": status.period_end.isoformat(),
+    }
+
+
+def _exceeded(status: PlanStatus, limit: str, what: str, used: int, allowed: int) -> QuotaExceeded:
+    retry_after = int((status.period_end - datetime.now(UTC)).total_seconds())
+    return QuotaExceeded(
+        f"the {status.plan.name} plan allows {allowed} {what} per billing period and "
+        f"{used} are used; the quota resets at {status.period_end.isoformat()}",
+        retry_after=retry_after,
+        extra=_describe(status, limit, used, allowed),
+    )
+
+
+def _check_model(status: PlanStatus, model: str) -> None:
+    if not status.plan.allows_model(model):
+        allowed = list(status.plan.limits.models)
+        raise PlanLimitReached(
+            f"the {status.plan.name} plan does not include the model {model!r} "
+            f"(it includes: {', '.join(allowed) or 'none'})",
+            extra={"limit": "models", "plan": status.plan.name, "model": model},
+        )
+
+
+def enforce_task_submission(session: Session, *, user_id: uuid.UUID, model: str) -> PlanStatus:
+    """Refuse a task the user's plan does not allow now; the plan status when it does."""
+    lock_user(session, user_id=user_id)
+    status = plan_in_effect(session, user_id=user_id)
+    _check_model(status, model)
+    limits = status.plan.limits
+    usage = usage_in_period(session, user_id=user_id, status=status)
+    if usage.tasks >= limits.tasks_per_month:
+        raise _exceeded(status, "tasks_per_month", "tasks", usage.tasks, limits.tasks_per_month)
+    if usage.tokens >= limits.tokens_per_month:
+        raise _exceeded(status, "tokens_per_month", "tokens", usage.tokens, limits.tokens_per_month)
+    return status
+
+
+def enforce_agent_creation(session: Session, *, user_id: uuid.UUID) -> None:
+    """Refuse a new agent beyond the plan's number of agents."""
+    lock_user(session, user_id=user_id)
+    status = plan_in_effect(session, user_id=user_id)
+    allowed = status.plan.limits.agents
+    owned = session.scalar(select(func.count(Agent.id)).where(Agent.owner_id == user_id)) or 0
+    if owned >= allowed:
+        raise PlanLimitReached(
+            f"the {status.plan.name} plan allows {allowed} agents and you have {owned}; "
+            "delete one or upgrade",
+            extra={"limit": "agents", "plan": status.plan.name, "used": owned, "allowed": allowed},
+        )
+
+
+def check_model_call(
+    session: Session, *, user_id: uuid.UUID, model: str, run_tokens: int = 0
+) -> None:
+    """Before a model call of a running task: the model is in the plan and the tokens used in
+    the period, plus `run_tokens` this run has used so far, leave some of the quota."""
+    status = plan_in_effect(session, user_id=user_id)
+    _check_model(status, model)
+    usage = usage_in_period(session, user_id=user_id, status=status)
+    used = usage.tokens + run_tokens
+    allowed = status.plan.limits.tokens_per_month
+    if used >= allowed:
+        raise _exceeded(status, "tokens_per_month", "tokens", used, allowed)
