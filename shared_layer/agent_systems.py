@@ -9,7 +9,7 @@ of the database or of transactions: a runner calls it between its claim and its 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +50,18 @@ def run_agent(
     request: str,
     memory: Sequence[Message] = (),
     user_id: uuid.UUID | None = None,
+    before_call: Callable[[int], None] | None = None,
 ) -> AgentRun:
     """Answer `request` as the configured system does; model errors propagate unchanged
-    (`UpstreamError` is retryable, `LLMRequestError` is not)."""
+    (`UpstreamError` is retryable, `LLMRequestError` is not).
+
+    `before_call(tokens_used_so_far)` runs before each model call and may raise to stop the
+    run there (the task runner checks the plan's quota with it).
+    """
     prompt = config.system_prompt
     user: Message = {"role": "user", "content": request}
+    if before_call is not None:
+        before_call(0)
     if config.system == "simple":
         messages = [{"role": "system", "content": prompt}, user]
         answer = _call(config, messages, user_id)
@@ -66,6 +73,8 @@ def run_agent(
         user,
     ]
     plan = _call(config, plan_messages, user_id)
+    if before_call is not None:
+        before_call(plan.prompt_tokens + plan.completion_tokens)
     answer_messages = [
         {"role": "system", "content": f"{prompt}\n\nYour plan:\n{plan.content}"},
         *history,

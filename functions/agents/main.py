@@ -22,6 +22,7 @@ from shared_layer.schemas.agents import (
 )
 from shared_layer.schemas.common import Page, PageQuery
 from shared_layer.services import agents as agent_service
+from shared_layer.services import quotas
 from shared_layer.services import tasks as task_service
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def _task_id(req: ApiRequest) -> uuid.UUID:
 def create_agent(req: ApiRequest) -> tuple[AgentPublic, int]:
     body = req.parse(AgentCreate)
     with session_scope() as session:
+        quotas.enforce_agent_creation(session, user_id=req.caller)  # the plan's agent count
         agent = agent_service.create_agent(session, owner_id=req.caller, **body.model_dump())
         return AgentPublic.model_validate(agent), 201
 

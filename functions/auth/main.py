@@ -1,6 +1,8 @@
-"""auth: register, login (token issuance), refresh, me."""
+"""auth: register (with a welcome email), login (token issuance), refresh, me."""
 
 from __future__ import annotations
+
+import logging
 
 import flask
 import functions_framework
@@ -16,7 +18,9 @@ from shared_layer.schemas.accounts import (
     UserPublic,
 )
 from shared_layer.services import accounts
+from shared_layer.services.email import EmailRequest, send_email
 
+logger = logging.getLogger(__name__)
 router = Router("auth")
 
 
@@ -31,7 +35,18 @@ def register(req: ApiRequest) -> tuple[UserPublic, int]:
         user = accounts.register_user(
             session, email=body.email, password=body.password, full_name=body.full_name
         )
-        return _public(user), 201
+        created = _public(user)
+    _send_welcome(created)
+    return created, 201
+
+
+def _send_welcome(user: UserPublic) -> None:
+    """After the commit: the account exists whether or not the email can leave."""
+    context = {"name": user.full_name} if user.full_name else {}
+    try:
+        send_email(EmailRequest(user.email, "welcome", context, user.id))
+    except Exception:
+        logger.exception("the welcome email to user %s could not be sent", user.id)
 
 
 @router.route("POST", "/login")

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from shared_layer.agent_config import AgentRunConfig, resolve_agent_config
@@ -37,6 +38,7 @@ from shared_layer.errors import StratusError, UpstreamError
 from shared_layer.logging_config import get_agent_logger, log_task_execution
 from shared_layer.models import Agent, Task, TaskStatus, TaskStep, utcnow
 from shared_layer.monitoring import current_task_run, monitor_task_execution
+from shared_layer.services.quotas import check_model_call
 
 __all__ = [
     "StepRecord",
@@ -241,7 +243,11 @@ def run_task(task_id: uuid.UUID) -> Outcome:
     started = time.perf_counter()
     try:
         run = run_agent(
-            config=job.config, request=job.input, memory=job.memory, user_id=job.owner_id
+            config=job.config,
+            request=job.input,
+            memory=job.memory,
+            user_id=job.owner_id,
+            before_call=_quota_guard(job),
         )
     except UpstreamError as exc:
         with session_scope() as session:
@@ -285,6 +291,23 @@ def _observe(**fields: object) -> None:
     if observed is not None:
         for name, value in fields.items():
             setattr(observed, name, value)
+
+
+def _quota_guard(job: _Job) -> Callable[[int], None]:
+    """The check before each model call: the owner's plan still includes the model and leaves
+    tokens. `QuotaExceeded` / `PlanLimitReached` fail the task with their reason, before any
+    model call; a database error while checking is transient (the task is retried)."""
+
+    def check(run_tokens: int) -> None:
+        try:
+            with session_scope() as session:
+                check_model_call(
+                    session, user_id=job.owner_id, model=job.config.model, run_tokens=run_tokens
+                )
+        except SQLAlchemyError as exc:
+            raise UpstreamError(f"could not check the plan's quota: {type(exc).__name__}") from exc
+
+    return check
 
 
 def _claim(task_id: uuid.UUID) -> _Job | Outcome:

@@ -19,6 +19,7 @@ from shared_layer.errors import Conflict, InvalidInput, NotFound
 from shared_layer.models import Task, TaskStatus
 from shared_layer.services.accounts import get_active_user
 from shared_layer.services.agents import get_agent
+from shared_layer.services.quotas import enforce_task_submission
 
 __all__ = ["cancel_task", "get_task", "list_tasks", "submit_task"]
 
@@ -30,6 +31,8 @@ def submit_task(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID, i
         raise InvalidInput(f"input must be 1 to {limit} characters")
     get_active_user(session, user_id=owner_id)  # a disabled user's token runs nothing
     agent = get_agent(session, owner_id=owner_id, agent_id=agent_id)
+    model = agent.model or get_settings().openai_model
+    enforce_task_submission(session, user_id=owner_id, model=model)  # plan limits: 429 / 403
     task = Task(agent_id=agent.id, owner_id=owner_id, status=TaskStatus.QUEUED.value, input=input)
     session.add(task)
     session.flush()
