@@ -140,6 +140,7 @@ _REQUEST_MODELS = {
     "AgentCreate": "shared_layer.schemas.agents:AgentCreate",
     "AgentUpdate": "shared_layer.schemas.agents:AgentUpdate",
     "TaskCreate": "shared_layer.schemas.agents:TaskCreate",
+    "CheckoutCreate": "shared_layer.schemas.billing:CheckoutCreate",
 }
 _RESPONSE_MODELS = {
     "TokenPair": "shared_layer.schemas.accounts:TokenPair",
@@ -158,6 +159,13 @@ _RESPONSE_MODELS = {
     "MigrationsHealth": "shared_layer.health:MigrationsHealth",
     "ConfigHealth": "shared_layer.health:ConfigHealth",
     "LlmHealth": "shared_layer.health:LlmHealth",
+    "CheckoutSessionPublic": "shared_layer.schemas.billing:CheckoutSessionPublic",
+    "PortalSessionPublic": "shared_layer.schemas.billing:PortalSessionPublic",
+    "SubscriptionPublic": "shared_layer.schemas.billing:SubscriptionPublic",
+    "PlanUsage": "shared_layer.schemas.billing:PlanUsage",
+    "LimitUsage": "shared_layer.schemas.billing:LimitUsage",
+    "StripeWebhookReceipt": "shared_layer.schemas.billing:StripeWebhookReceipt",
+    "SendGridWebhookReceipt": "shared_layer.schemas.billing:SendGridWebhookReceipt",
 }
 
 
@@ -403,9 +411,12 @@ def test_every_route_answers_as_documented_for_good_and_bad_input(
     assert health.post("/").status_code == 405
     assert health.get("/nope").status_code == 404
 
-    # every documented operation answered at least once with success and once with an error
+    # every documented operation of these functions answered at least once with success and
+    # once with an error (billing and the webhooks: tests/functions/test_billing_scenario.py)
     seen = auth.seen + agents.seen + health.seen
     for path, method, _ in _operations():
+        if _split(path)[0] not in {"auth", "agents", "health"}:
+            continue
         statuses = {s for p, m, s in seen if p == path and m == method.upper()}
         assert any(s < 300 for s in statuses), f"{method} {path}: no success exercised"
         if path != "/health/":

@@ -61,7 +61,7 @@ def _describe(status: PlanStatus, limit: str, used: int, allowed: int) -> dict[s
         "limit": limit,
         "plan": status.plan.name,
         "used": used,
-        "allowed": allowed,
+        "maximum": allowed,
         "resets_at": status.period_end.isoformat(),
     }
 
@@ -110,7 +110,7 @@ def enforce_agent_creation(session: Session, *, user_id: uuid.UUID) -> None:
         raise PlanLimitReached(
             f"the {status.plan.name} plan allows {allowed} agents and you have {owned}; "
             "delete one or upgrade",
-            extra={"limit": "agents", "plan": status.plan.name, "used": owned, "allowed": allowed},
+            extra={"limit": "agents", "plan": status.plan.name, "used": owned, "maximum": allowed},
         )
 
 
