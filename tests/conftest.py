@@ -43,6 +43,17 @@ _UNSET = (
     "LOCAL_PUSH_ENDPOINT",
     "GOOGLE_CLOUD_PROJECT",
     "PUBSUB_EMULATOR_HOST",
+    # billing and email: a developer's real keys must never be used by a test
+    "STRIPE_SECRET_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_API_BASE",
+    "STRIPE_PRICE_PRO",
+    "STRIPE_PRICE_TEAM",
+    "BILLING_PLANS",
+    "EMAIL_BACKEND",
+    "SENDGRID_API_KEY",
+    "SENDGRID_API_BASE",
+    "SENDGRID_WEBHOOK_PUBLIC_KEY",
 )
 
 
@@ -350,3 +361,55 @@ def user_token() -> Callable[..., tuple[uuid.UUID, str]]:
         return user_id, "Bearer " + create_access_token(user_id=user_id, email=email)
 
     return make
+
+
+STRIPE_WEBHOOK_SECRET = "whsec_test_" + "s" * 32
+
+
+@pytest.fixture
+def stripe_settings(settings_env: Callable[..., None]) -> None:
+    """Prices for pro (`price_pro`) and team (`price_team`), and the webhook signing secret
+    `STRIPE_WEBHOOK_SECRET`, as the stripe_webhook function needs them."""
+    settings_env(
+        STRIPE_PRICE_PRO="price_pro",
+        STRIPE_PRICE_TEAM="price_team",
+        STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
+    )
+
+
+@pytest.fixture
+def fake_stripe(settings_env: Callable[..., None], stripe_settings: None) -> Iterator[Any]:
+    """A loopback Stripe API that settings point at (no client retries), plus `stripe_settings`."""
+    from tests.support.fake_stripe import FakeStripeServer
+
+    with FakeStripeServer(api_key="sk_test_stratus") as server:
+        settings_env(
+            STRIPE_SECRET_KEY=server.api_key,
+            STRIPE_API_BASE=server.base_url,
+            STRIPE_MAX_NETWORK_RETRIES="0",
+        )
+        yield server
+
+
+@pytest.fixture
+def fake_sendgrid(settings_env: Callable[..., None]) -> Iterator[Any]:
+    """A loopback SendGrid v3 Mail Send API that email goes to (EMAIL_BACKEND=sendgrid)."""
+    from tests.support.fake_sendgrid import FakeSendGridServer
+
+    with FakeSendGridServer() as server:
+        settings_env(
+            EMAIL_BACKEND="sendgrid",
+            SENDGRID_API_KEY=server.api_key,
+            SENDGRID_API_BASE=server.base_url,
+        )
+        yield server
+
+
+@pytest.fixture
+def sendgrid_signer(settings_env: Callable[..., None]) -> Any:
+    """An `EventSigner` with a key made for this test, whose public key settings trust."""
+    from tests.support.fake_sendgrid import EventSigner
+
+    signer = EventSigner()
+    settings_env(SENDGRID_WEBHOOK_PUBLIC_KEY=signer.public_key)
+    return signer

@@ -162,9 +162,8 @@ def record_sendgrid_events(
     users: dict[str, uuid.UUID] = {}
     for start in range(0, len(emails), _CHUNK):
         chunk = emails[start : start + _CHUNK]
-        users.update(
-            session.execute(select(User.email, User.id).where(User.email.in_(chunk))).tuples()
-        )
+        rows = session.execute(select(User.email, User.id).where(User.email.in_(chunk))).all()
+        users.update((email, user_id) for email, user_id in rows)
     now = utcnow()
     rows = []
     for event in events:

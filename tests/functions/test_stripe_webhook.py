@@ -1,0 +1,458 @@
+"""stripe_webhook through functions-framework: signatures, malformed bodies, each handled event
+type, duplicates (also concurrent, on PostgreSQL), out-of-order delivery, and a failure while
+applying that leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from shared_layer.database import session_scope
+from shared_layer.models import BillingCustomer, EmailMessage, Invoice, StripeEvent, Subscription
+from tests.conftest import STRIPE_WEBHOOK_SECRET, function_app, table_counts
+from tests.support.fake_stripe import event, invoice, stripe_signature, subscription
+
+pytestmark = pytest.mark.usefixtures("stripe_settings")
+
+T0 = 1_760_000_000  # event `created` times in these tests count up from here
+
+
+@pytest.fixture
+def hook(client: Any) -> Any:
+    return client("stripe_webhook")
+
+
+def deliver(hook: Any, evt: dict[str, Any] | str | bytes, **signing: Any) -> Any:
+    body = evt if isinstance(evt, str | bytes) else json.dumps(evt)
+    header = signing.pop("header", None) or stripe_signature(
+        body, signing.pop("secret", STRIPE_WEBHOOK_SECRET), **signing
+    )
+    return hook.post(
+        "/", data=body, headers={"Stripe-Signature": header}, content_type="application/json"
+    )
+
+
+def link_customer(user_id: uuid.UUID, customer_id: str | None = None) -> str:
+    customer_id = customer_id or "cus_" + uuid.uuid4().hex[:14]
+    with session_scope() as session:
+        session.add(BillingCustomer(user_id=user_id, stripe_customer_id=customer_id))
+    return customer_id
+
+
+def stored_subscription(sub_id: str) -> Subscription | None:
+    with session_scope() as session:
+        return session.get(Subscription, sub_id)
+
+
+def outcomes() -> dict[str, str]:
+    with session_scope() as session:
+        rows = session.execute(select(StripeEvent.id, StripeEvent.outcome)).all()
+        return {event_id: outcome for event_id, outcome in rows}
+
+
+def sub_event(
+    type_: str, sub_id: str, customer: str, created: int, **fields: Any
+) -> dict[str, Any]:
+    return event(
+        f"customer.subscription.{type_}", subscription(sub_id, customer, **fields), created=created
+    )
+
+
+# Refusals: nothing written
+
+
+@pytest.mark.parametrize(
+    "signing",
+    [
+        {"header": "garbage"},
+        {"header": "t=123"},
+        {"secret": "whsec_someone_else"},
+        {"scheme": "v0"},
+        {"timestamp": int(time.time()) - 400},
+        {"timestamp": int(time.time()) + 400},
+    ],
+    ids=["malformed", "no-v1", "wrong-secret", "only-v0", "expired", "future"],
+)
+def test_an_event_that_fails_verification_is_a_400_problem_and_writes_nothing(
+    db, hook, user_token, signing
+):
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    before = table_counts(db)
+
+    response = deliver(hook, sub_event("created", "sub_1", customer, T0), **signing)
+
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    assert response.json["type"] == "https://stratus.dev/problems/invalid-signature"
+    assert table_counts(db) == before
+
+
+def test_a_tampered_body_with_a_genuine_signature_is_refused(db, hook, user_token):
+    user_id, _ = user_token()
+    body = json.dumps(sub_event("created", "sub_1", link_customer(user_id), T0))
+    header = stripe_signature(body, STRIPE_WEBHOOK_SECRET)
+    before = table_counts(db)
+
+    response = deliver(hook, body.replace("active", "trialing"), header=header)
+
+    assert response.status_code == 400
+    assert table_counts(db) == before
+
+
+def test_a_missing_signature_header_is_refused(db, hook):
+    before = table_counts(db)
+
+    response = hook.post("/", json=event("customer.created", {"id": "cus_1"}))
+
+    assert response.status_code == 400
+    assert "Stripe-Signature" in response.json["detail"]
+    assert table_counts(db) == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json at all",
+        "[1, 2, 3]",
+        json.dumps({"object": "event", "type": "x", "created": T0, "data": {"object": {}}}),
+        json.dumps({"id": "evt_1", "object": "event", "type": "x", "created": "soon", "data": {}}),
+        json.dumps({"id": "evt_1", "object": "charge", "type": "x", "created": T0, "data": {}}),
+        json.dumps(event("customer.subscription.updated", {"id": "sub_1", "customer": "cus_x"})),
+        json.dumps(event("invoice.paid", {"id": "in_1", "customer": "cus_x", "currency": "usd"})),
+    ],
+    ids=["not-json", "array", "no-id", "bad-created", "not-an-event", "sub-no-status", "no-amount"],
+)
+def test_a_signed_body_that_is_not_a_usable_stripe_event_is_a_400_and_writes_nothing(
+    db, hook, user_token, body
+):
+    user_id, _ = user_token()
+    link_customer(user_id, "cus_x")
+    before = table_counts(db)
+
+    response = deliver(hook, body)
+
+    assert response.status_code == 400, response.json
+    assert response.json["type"] == "https://stratus.dev/problems/invalid-input"
+    assert table_counts(db) == before
+
+
+def test_without_a_webhook_secret_the_function_answers_503_so_stripe_retries(
+    db, hook, settings_env
+):
+    settings_env(STRIPE_WEBHOOK_SECRET=None)
+
+    response = deliver(hook, event("customer.created", {"id": "cus_1"}))
+
+    assert response.status_code == 503
+    assert "STRIPE_WEBHOOK_SECRET" in response.json["detail"]
+
+
+# Handled events
+
+
+def test_subscription_events_set_the_plan_status_and_period_from_the_price(db, hook, user_token):
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+
+    response = deliver(
+        hook,
+        sub_event(
+            "created", "sub_a", customer, T0, price="price_team", period_end=T0 + 86_400 * 30
+        ),
+    )
+
+    assert response.status_code == 200
+    assert response.json == {
+        "received": True,
+        "event_id": response.json["event_id"],
+        "duplicate": False,
+        "outcome": "applied",
+    }
+    stored = stored_subscription("sub_a")
+    assert stored is not None
+    assert (stored.user_id, stored.plan, stored.status) == (user_id, "team", "active")
+    assert stored.current_period_end == datetime.fromtimestamp(T0 + 86_400 * 30, UTC)
+    assert stored.version == T0
+
+
+def test_a_duplicate_event_id_is_acknowledged_with_no_effect(db, hook, user_token):
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    past_due = sub_event("updated", "sub_a", customer, T0 + 10, status="past_due")
+    assert deliver(hook, past_due).json["outcome"] == "applied"
+    with session_scope() as session:  # were the event applied again, it would win over this
+        session.execute(text("UPDATE subscriptions SET status = 'active', version = 0"))
+    before = table_counts(db)
+
+    again = deliver(hook, past_due)
+
+    assert again.status_code == 200
+    assert (again.json["duplicate"], again.json["outcome"]) == (True, "duplicate")
+    assert stored_subscription("sub_a").status == "active"
+    assert table_counts(db) == before
+
+
+def test_events_out_of_order_never_move_a_subscription_back(db, hook, user_token):
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    created = sub_event("created", "sub_a", customer, T0, status="incomplete")
+    active = sub_event("updated", "sub_a", customer, T0 + 5)
+    late = sub_event("updated", "sub_a", customer, T0 + 9, status="past_due")
+
+    results = [deliver(hook, e).json["outcome"] for e in (late, created, active)]
+
+    assert results == ["applied", "stale", "stale"]
+    stored = stored_subscription("sub_a")
+    assert (stored.status, stored.version) == ("past_due", T0 + 9)
+    assert stored.past_due_since == datetime.fromtimestamp(T0 + 9, UTC)
+
+
+def test_a_deleted_subscription_is_never_revived_by_an_update_of_the_same_second(
+    db, hook, user_token
+):
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    deleted = sub_event("deleted", "sub_a", customer, T0 + 5, status="canceled")
+    updated = sub_event("updated", "sub_a", customer, T0 + 5, status="active")
+
+    assert [deliver(hook, e).json["outcome"] for e in (deleted, updated)] == ["applied", "stale"]
+    assert stored_subscription("sub_a").status == "canceled"
+
+
+def test_checkout_completed_links_the_customer_so_later_events_find_the_user(db, hook, user_token):
+    user_id, _ = user_token()
+    session_obj = {
+        "id": "cs_test_1",
+        "object": "checkout.session",
+        "customer": "cus_new",
+        "client_reference_id": str(user_id),
+        "mode": "subscription",
+        "subscription": "sub_a",
+    }
+
+    linked = deliver(hook, event("checkout.session.completed", session_obj, created=T0))
+    sub = deliver(hook, sub_event("created", "sub_a", "cus_new", T0 + 1))
+
+    assert linked.json["outcome"] == "applied"
+    assert sub.json["outcome"] == "applied"
+    assert stored_subscription("sub_a").user_id == user_id
+
+
+def test_an_event_for_a_customer_no_user_has_is_stored_as_unmatched(db, hook):
+    response = deliver(hook, sub_event("created", "sub_x", "cus_stranger", T0))
+
+    assert response.json["outcome"] == "unmatched"
+    assert outcomes()[response.json["event_id"]] == "unmatched"
+    assert stored_subscription("sub_x") is None
+
+
+def test_other_event_types_are_stored_and_change_nothing_else(db, hook):
+    before = table_counts(db)
+
+    response = deliver(hook, event("payment_intent.succeeded", {"id": "pi_1"}, created=T0))
+
+    assert response.json["outcome"] == "ignored"
+    after = table_counts(db)
+    assert after["stripe_events"] == before["stripe_events"] + 1
+    assert {k: v for k, v in after.items() if k != "stripe_events"} == {
+        k: v for k, v in before.items() if k != "stripe_events"
+    }
+
+
+def test_invoices_are_stored_in_minor_units_and_a_failed_payment_emails_the_user(
+    db, hook, user_token
+):
+    user_id, _ = user_token(email="payer@example.com")
+    customer = link_customer(user_id)
+    deliver(hook, sub_event("created", "sub_a", customer, T0))
+    failed = invoice("in_1", customer, subscription_id="sub_a", amount_due=1999, currency="EUR")
+
+    response = deliver(hook, event("invoice.payment_failed", failed, created=T0 + 1))
+
+    assert response.json["outcome"] == "applied"
+    with session_scope() as session:
+        stored = session.get(Invoice, "in_1")
+        assert (stored.status, stored.amount_due, stored.currency) == (
+            "payment_failed",
+            1999,
+            "eur",
+        )
+        mail = session.scalars(select(EmailMessage)).one()
+    assert (mail.to_email, mail.template, mail.status) == (
+        "payer@example.com",
+        "payment_failed",
+        "outbox",
+    )
+    assert "EUR 19.99" in mail.body_text
+    assert "https://invoice.stripe.com/i/in_1" in mail.body_text
+
+
+def test_a_paid_invoice_stays_paid_when_an_older_failure_arrives_late(db, hook, user_token):
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    paid = invoice("in_1", customer, amount_due=2000, amount_paid=2000, status="paid")
+    failed = invoice("in_1", customer, amount_due=2000)
+
+    first = deliver(hook, event("invoice.paid", paid, created=T0 + 5))
+    late = deliver(hook, event("invoice.payment_failed", failed, created=T0 + 1))
+
+    assert (first.json["outcome"], late.json["outcome"]) == ("applied", "stale")
+    with session_scope() as session:
+        stored = session.get(Invoice, "in_1")
+        assert (stored.status, stored.amount_paid) == ("paid", 2000)
+        assert session.scalar(select(func.count()).select_from(EmailMessage)) == 0
+
+
+# A failure while applying
+
+
+def _install_failing_trigger(engine: Engine) -> None:
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    "CREATE FUNCTION stratus_test_boom() RETURNS trigger AS $$ BEGIN "
+                    "IF NEW.id = 'sub_boom' THEN RAISE EXCEPTION 'disk on fire'; END IF; "
+                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER stratus_test_boom BEFORE INSERT ON subscriptions "
+                    "FOR EACH ROW EXECUTE FUNCTION stratus_test_boom()"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE TRIGGER stratus_test_boom BEFORE INSERT ON subscriptions "
+                    "WHEN NEW.id = 'sub_boom' BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+                )
+            )
+
+
+def _drop_failing_trigger(engine: Engine) -> None:
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("DROP TRIGGER IF EXISTS stratus_test_boom ON subscriptions"))
+            conn.execute(text("DROP FUNCTION IF EXISTS stratus_test_boom()"))
+        else:
+            conn.execute(text("DROP TRIGGER IF EXISTS stratus_test_boom"))
+
+
+def test_a_failure_while_applying_is_a_5xx_that_leaves_nothing_and_the_retry_succeeds(
+    db, hook, user_token
+):
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    evt = sub_event("created", "sub_boom", customer, T0)
+    before = table_counts(db)
+    _install_failing_trigger(db)
+    try:
+        failed = deliver(hook, evt)
+        assert failed.status_code >= 500
+        assert "disk on fire" not in failed.get_data(as_text=True)
+        assert table_counts(db) == before  # neither the event nor half its effect
+    finally:
+        _drop_failing_trigger(db)
+
+    retried = deliver(hook, evt)
+
+    assert (retried.status_code, retried.json["outcome"]) == (200, "applied")
+    assert stored_subscription("sub_boom").status == "active"
+
+
+# Concurrency (PostgreSQL)
+
+
+def _deliver_all(bodies: list[str], threads: int = 8) -> list[dict[str, Any]]:
+    """POST each signed body from a pool of threads, each with its own test client."""
+    local = threading.local()
+
+    def post(body: str) -> dict[str, Any]:
+        if not hasattr(local, "client"):
+            local.client = function_app("stripe_webhook").test_client()
+        response = local.client.post(
+            "/",
+            data=body,
+            headers={"Stripe-Signature": stripe_signature(body, STRIPE_WEBHOOK_SECRET)},
+            content_type="application/json",
+        )
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return dict(response.json)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(post, bodies))
+
+
+def test_two_copies_of_an_event_arriving_at_once_take_effect_once(pg, user_token):
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    body = json.dumps(sub_event("created", "sub_a", customer, T0))
+
+    results = _deliver_all([body] * 8)
+
+    assert sorted(r["duplicate"] for r in results) == [False] + [True] * 7
+    assert len(outcomes()) == 1
+    assert stored_subscription("sub_a").status == "active"
+
+
+def test_100_shuffled_events_each_delivered_three_times_concurrently_end_in_the_newest_state(
+    pg, user_token
+):
+    """Four subscriptions, 25 events each with distinct `created` times and random states; all
+    300 deliveries shuffled and sent from 8 threads at once."""
+    rng = random.Random(3)
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    events: list[dict[str, Any]] = []
+    for n in range(4):
+        for i in range(25):
+            fields = {
+                "status": rng.choice(["active", "trialing", "past_due", "unpaid", "incomplete"]),
+                "price": rng.choice(["price_pro", "price_team"]),
+                "period_end": T0 + i * 1000 + n,
+                "cancel_at_period_end": rng.random() < 0.5,
+            }
+            kind = "created" if i == 0 else "updated"
+            events.append(sub_event(kind, f"sub_{n}", customer, T0 + i * 10 + n, **fields))
+    deliveries = [json.dumps(e) for e in events for _ in range(3)]
+    rng.shuffle(deliveries)
+
+    results = _deliver_all(deliveries)
+
+    first_deliveries = Counter(r["event_id"] for r in results if not r["duplicate"])
+    assert len(first_deliveries) == 100
+    assert set(first_deliveries.values()) == {1}
+    stored = outcomes()
+    assert len(stored) == 100
+    assert set(stored.values()) <= {"applied", "stale"}
+    for n in range(4):
+        newest = max(
+            (e for e in events if e["data"]["object"]["id"] == f"sub_{n}"),
+            key=lambda e: e["created"],
+        )
+        obj = newest["data"]["object"]
+        row = stored_subscription(f"sub_{n}")
+        assert row.version == newest["created"]
+        assert row.status == obj["status"]
+        assert (
+            row.plan
+            == {"price_pro": "pro", "price_team": "team"}[obj["items"]["data"][0]["price"]["id"]]
+        )
+        assert row.cancel_at_period_end == obj["cancel_at_period_end"]
+        assert row.current_period_end == datetime.fromtimestamp(
+            obj["items"]["data"][0]["current_period_end"], UTC
+        )
+        assert stored[newest["id"]] == "applied"
