@@ -26,7 +26,9 @@ def insert_new(
 ) -> set[Any]:
     """Insert the rows whose `key` is not stored yet; the keys this call inserted.
 
-    Rows repeating a key within `rows` are inserted once (the first wins).
+    Rows repeating a key within `rows` are inserted once (the first wins). Rows go in key
+    order, so two transactions inserting overlapping keys wait on each other in the same
+    order and never deadlock.
     """
     unique: dict[Any, Mapping[str, Any]] = {}
     for row in rows:
@@ -47,5 +49,5 @@ def insert_new(
     else:  # pragma: no cover - the platform runs on these two
         raise NotImplementedError(f"insert_new does not support {dialect}")
     statement = statement.returning(column)
-    result = session.execute(statement, [dict(row) for row in unique.values()])
+    result = session.execute(statement, [dict(unique[k]) for k in sorted(unique)])
     return set(result.scalars().all())

@@ -181,7 +181,10 @@ def record_sendgrid_events(
                 "received_at": now,
             }
         )
-    stored = insert_new(session, EmailEvent, rows, key="sg_event_id")
+    first: dict[str, dict[str, Any]] = {}
+    for row in rows:  # a repeated id within the batch: the first copy is the one stored
+        first.setdefault(row["sg_event_id"], row)
+    stored = insert_new(session, EmailEvent, list(first.values()), key="sg_event_id")
     suppress = [
         {
             "email": row["email"],
@@ -189,7 +192,7 @@ def record_sendgrid_events(
             "sg_event_id": row["sg_event_id"],
             "created_at": now,
         }
-        for row in rows
+        for row in first.values()
         if row["sg_event_id"] in stored and row["event"] in SUPPRESSING_EVENTS
     ]
     suppressed = insert_new(session, EmailSuppression, suppress, key="email")
