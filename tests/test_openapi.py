@@ -412,7 +412,7 @@ def test_every_route_answers_as_documented_for_good_and_bad_input(
     assert health.get("/nope").status_code == 404
 
     # every documented operation of these functions answered at least once with success and
-    # once with an error (billing and the webhooks: tests/functions/test_billing_scenario.py)
+    # once with an error (billing and the webhooks: tests/functions/test_billing.py)
     seen = auth.seen + agents.seen + health.seen
     for path, method, _ in _operations():
         if _split(path)[0] not in {"auth", "agents", "health"}:

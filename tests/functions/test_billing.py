@@ -16,7 +16,10 @@ from sqlalchemy import func, select
 
 from shared_layer.database import session_scope
 from shared_layer.models import Agent, BillingCustomer, Subscription, Task
-from tests.conftest import function_app, table_counts
+from tests.conftest import STRIPE_WEBHOOK_SECRET, function_app, table_counts
+from tests.support.fake_sendgrid import sendgrid_event
+from tests.support.fake_stripe import event, stripe_signature, subscription
+from tests.support.openapi import load_spec, validated_client
 
 
 @pytest.fixture
@@ -345,3 +348,63 @@ def test_the_best_plan_wins_when_several_subscriptions_grant_one(db, billing, us
     add_subscription(user_id, plan="team", status="canceled", version=5)
 
     assert billing.get("/subscription", headers=bearer(token)).json["plan"] == "team"
+
+
+def test_every_billing_and_webhook_operation_answers_as_documented(
+    db, fake_stripe, sendgrid_signer, user_token
+):
+    """Each documented operation of billing, stripe_webhook and sendgrid_webhook answers at
+    least once with success and once with an error, every answer checked against the spec."""
+    billing, stripe_hook, sendgrid_hook = (
+        validated_client(name, function_app(name).test_client())
+        for name in ("billing", "stripe_webhook", "sendgrid_webhook")
+    )
+    _, token = user_token()
+    me = bearer(token)
+
+    assert billing.post("/portal", headers=me).status_code == 409
+    assert billing.post("/checkout", json={"plan": "gold"}, headers=me).status_code == 400
+    assert billing.post("/checkout", json={"plan": "pro"}, headers=me).status_code == 201
+    assert billing.post("/portal", headers=me).status_code == 201
+    assert billing.get("/subscription").status_code == 401
+    assert billing.get("/subscription", headers=me).status_code == 200
+
+    customer = next(iter(fake_stripe.customers))
+    body = json.dumps(event("customer.subscription.created", subscription("sub_1", customer)))
+    signed = {"Stripe-Signature": stripe_signature(body, STRIPE_WEBHOOK_SECRET)}
+    assert (
+        stripe_hook.post(
+            "/", data=body, headers=signed, content_type="application/json"
+        ).status_code
+        == 200
+    )
+    assert (
+        stripe_hook.post("/", data=body, headers={"Stripe-Signature": "t=1,v1=00"}).status_code
+        == 400
+    )
+    assert billing.get("/subscription", headers=me).json["plan"] == "pro"
+
+    batch = json.dumps([sendgrid_event("x@example.com", "bounce")]).encode()
+    assert (
+        sendgrid_hook.post("/", data=batch, headers=sendgrid_signer.headers(batch)).status_code
+        == 200
+    )
+    assert (
+        sendgrid_hook.post(
+            "/", data=batch, headers={"Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
+
+    seen = billing.seen + stripe_hook.seen + sendgrid_hook.seen
+    paths = [
+        p
+        for p in load_spec()["paths"]
+        if p.split("/")[1] in {"billing", "stripe_webhook", "sendgrid_webhook"}
+    ]
+    assert len(paths) == 5
+    for path in paths:
+        for method in load_spec()["paths"][path]:
+            statuses = {s for p, m, s in seen if p == path and m == method.upper()}
+            assert any(s < 300 for s in statuses), f"{method} {path}: no success exercised"
+            assert any(400 <= s < 500 for s in statuses), f"{method} {path}: no error exercised"
