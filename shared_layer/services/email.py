@@ -162,10 +162,10 @@ def record_sendgrid_events(
     users: dict[str, uuid.UUID] = {}
     for start in range(0, len(emails), _CHUNK):
         chunk = emails[start : start + _CHUNK]
-        rows = session.execute(select(User.email, User.id).where(User.email.in_(chunk))).all()
-        users.update((email, user_id) for email, user_id in rows)
+        found = session.execute(select(User.email, User.id).where(User.email.in_(chunk))).all()
+        users.update((email, user_id) for email, user_id in found)
     now = utcnow()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for event in events:
         email = str(event["email"]).strip().lower()
         rows.append(
