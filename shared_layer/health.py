@@ -1,11 +1,13 @@
-"""Component health for the `health` function: database, migrations, configuration, LLM.
+"""Component health for the `health` function: database, migrations, configuration, LLM, Pub/Sub.
 
 Health must answer when everything else is broken, so nothing here may hang or raise: the
 database probe runs on a daemon thread with a deadline (a black-holed host would otherwise
 hold the request for the TCP timeout), a configuration that production refuses is still
 read (leniently) so that its problems can be named, and every message that leaves this
-module has the configured secrets redacted. The LLM is reported by mode only: probing it
-would import `openai` and spend money on a liveness check.
+module has the configured secrets redacted. The LLM is reported by mode; in production (the
+cloud) its API is also probed with a free `GET /models`, cached (shared_layer/llm_probe.py),
+never through `openai`. Pub/Sub is reported as configured or not: building the client would
+import gRPC, and publishing a test message would start a task run.
 
 Overall status: `down` when the database does not answer or production refuses the
 configuration (either way no function can serve), `degraded` when any other component is
@@ -50,8 +52,9 @@ class MigrationsHealth(BaseModel):
 
 
 class ConfigHealth(BaseModel):
-    status: Literal["ok", "error"]
+    status: Literal["ok", "incomplete", "error"]
     problems: list[str]
+    warnings: list[str] = []
     note: str | None = None
 
 
@@ -59,6 +62,15 @@ class LlmHealth(BaseModel):
     status: Literal["ok", "error"]
     mode: Literal["offline", "openai"]
     model: str
+    reachable: bool | None = None  # probed in production only
+    detail: str | None = None
+
+
+class PubSubHealth(BaseModel):
+    status: Literal["ok", "error"]
+    mode: Literal["local", "gcp"]
+    topic: str | None
+    detail: str | None = None
 
 
 class HealthComponents(BaseModel):
@@ -66,6 +78,7 @@ class HealthComponents(BaseModel):
     migrations: MigrationsHealth
     config: ConfigHealth
     llm: LlmHealth
+    pubsub: PubSubHealth
 
 
 class HealthReport(BaseModel):
@@ -101,10 +114,11 @@ def check_health(*, timeout: float = DATABASE_CHECK_TIMEOUT_SECONDS) -> HealthRe
     else:
         database, migrations = _check_database(settings, timeout=timeout)
     llm = _check_llm(settings)
+    pubsub = _check_pubsub(settings)
     status: OverallStatus = "ok"
     if database.status == "down" or refused:
         status = "down"
-    elif any(c.status != "ok" for c in (database, migrations, config, llm)):
+    elif any(c.status != "ok" for c in (database, migrations, config, llm, pubsub)):
         status = "degraded"
     return HealthReport(
         status=status,
@@ -112,7 +126,7 @@ def check_health(*, timeout: float = DATABASE_CHECK_TIMEOUT_SECONDS) -> HealthRe
         version=_version(),
         environment=settings.environment,
         components=HealthComponents(
-            database=database, migrations=migrations, config=config, llm=llm
+            database=database, migrations=migrations, config=config, llm=llm, pubsub=pubsub
         ),
     )
 
@@ -133,13 +147,53 @@ def _check_config(settings: Settings, *, refused: bool) -> ConfigHealth:
             note="production checks apply only when STRATUS_ENV=production",
         )
     problems = production_problems(settings)
-    return ConfigHealth(status="error" if (problems or refused) else "ok", problems=problems)
+    warnings = _production_warnings(settings)
+    status: Literal["ok", "incomplete", "error"] = "ok"
+    if problems or refused:
+        status = "error"
+    elif warnings:
+        status = "incomplete"
+    return ConfigHealth(status=status, problems=problems, warnings=warnings)
+
+
+def _production_warnings(settings: Settings) -> list[str]:
+    """What production runs without but should not: it serves, degraded."""
+    warnings = []
+    if not (settings.scheduler_service_account_email and settings.scheduler_oidc_audience):
+        warnings.append(
+            "SCHEDULER_SERVICE_ACCOUNT_EMAIL and SCHEDULER_OIDC_AUDIENCE are not both set: "
+            "metrics_cleanup accepts only admins, so Cloud Scheduler's runs are refused"
+        )
+    return warnings
 
 
 def _check_llm(settings: Settings) -> LlmHealth:
     mode = settings.llm_mode
     usable = mode == "offline" or bool(settings.openai_api_key or settings.openai_base_url)
-    return LlmHealth(status="ok" if usable else "error", mode=mode, model=settings.openai_model)
+    health = LlmHealth(status="ok" if usable else "error", mode=mode, model=settings.openai_model)
+    if usable and mode == "openai" and settings.is_production:
+        from shared_layer.llm_probe import llm_reachability
+
+        probe = llm_reachability(settings)
+        health.reachable = probe.reachable
+        health.detail = _redact(probe.detail, settings) if probe.detail else None
+        health.status = "ok" if probe.reachable else "error"
+    return health
+
+
+def _check_pubsub(settings: Settings) -> PubSubHealth:
+    """Configured, not contacted (see the module docstring)."""
+    if settings.pubsub_mode == "gcp":
+        if not settings.gcp_project_id:
+            detail = "GOOGLE_CLOUD_PROJECT is not set, so there is no topic to publish to"
+            return PubSubHealth(status="error", mode="gcp", topic=None, detail=detail)
+        topic = f"projects/{settings.gcp_project_id}/topics/{settings.tasks_topic}"
+        return PubSubHealth(status="ok", mode="gcp", topic=topic)
+    if settings.is_production and not settings.local_push_endpoint:
+        detail = "PUBSUB_MODE=local in production: submitted tasks reach no task_runner"
+        return PubSubHealth(status="error", mode="local", topic=None, detail=detail)
+    target = settings.local_push_endpoint or "the task_runner in this process (local stack)"
+    return PubSubHealth(status="ok", mode="local", topic=None, detail=f"local push to {target}")
 
 
 def _check_database(

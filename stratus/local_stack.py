@@ -221,6 +221,18 @@ def describe_settings() -> str:
     return f"database: {database}\nLLM: {llm}\ntask queue: {s.pubsub_mode} ({s.local_push_mode})"
 
 
+def _start_scheduler() -> None:
+    """Cloud Scheduler's stand-in: the metrics cleanup and lease reaper on a timer
+    (`LOCAL_CLEANUP_INTERVAL_SECONDS`, 0 turns it off)."""
+    from shared_layer.config import get_settings
+    from stratus.ops import start_cleanup_timer
+
+    interval = get_settings().local_cleanup_interval_seconds
+    if interval > 0:
+        start_cleanup_timer(interval)
+        print(f"metrics cleanup and lease reaping every {interval} s", flush=True)
+
+
 def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
     """Apply local defaults, migrate, mount every function and serve until interrupted."""
     from werkzeug.serving import run_simple
@@ -236,4 +248,5 @@ def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
     app = build_app(names, base_url=base_url)
     banner = f"{describe_settings()}\nschema: {revision}\n\n{quickstart(base_url, names)}\n"
     print(banner, flush=True)
+    _start_scheduler()
     run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)

@@ -413,3 +413,43 @@ def sendgrid_signer(settings_env: Callable[..., None]) -> Any:
     signer = EventSigner()
     settings_env(SENDGRID_WEBHOOK_PUBLIC_KEY=signer.public_key)
     return signer
+
+
+SCHEDULER_EMAIL = "stratus-scheduler@stratus-test.iam.gserviceaccount.com"
+SCHEDULER_AUDIENCE = "https://metrics-cleanup-test.a.run.app/"
+
+
+@pytest.fixture
+def scheduler_identity(settings_env: Callable[..., None]) -> Iterator[Any]:
+    """A loopback Google certificate endpoint that settings verify OIDC ID tokens against, with
+    SCHEDULER_SERVICE_ACCOUNT_EMAIL / SCHEDULER_OIDC_AUDIENCE set; `.mint(...)` makes tokens and
+    `.token()` the one Cloud Scheduler would send."""
+    from tests.support.fake_google_oidc import GoogleCerts
+
+    with GoogleCerts() as google:
+        settings_env(
+            GOOGLE_OIDC_CERTS_URL=google.certs_url,
+            SCHEDULER_SERVICE_ACCOUNT_EMAIL=SCHEDULER_EMAIL,
+            SCHEDULER_OIDC_AUDIENCE=SCHEDULER_AUDIENCE,
+        )
+        google.token = lambda: google.mint(audience=SCHEDULER_AUDIENCE, email=SCHEDULER_EMAIL)
+        yield google
+
+
+@pytest.fixture
+def admin_token(
+    user_token: Callable[..., tuple[uuid.UUID, str]],
+) -> Callable[..., tuple[uuid.UUID, str]]:
+    """`admin_token()` -> (user_id, "Bearer ...") for a new user with `is_admin` set (needs db)."""
+    from shared_layer.database import session_scope
+    from shared_layer.models import User
+
+    def make(email: str | None = None) -> tuple[uuid.UUID, str]:
+        user_id, bearer = user_token(email)
+        with session_scope() as session:
+            user = session.get(User, user_id)
+            assert user is not None
+            user.is_admin = True
+        return user_id, bearer
+
+    return make

@@ -21,6 +21,15 @@ from shared_layer.migrate import downgrade, head_revision, upgrade
 from tests.conftest import FUNCTIONS, ROOT
 
 
+# What production needs besides the settings it refuses to start without, for an `ok` report.
+PRODUCTION_EXTRAS = {
+    "PUBSUB_MODE": "gcp",
+    "GOOGLE_CLOUD_PROJECT": "stratus-prod",
+    "SCHEDULER_SERVICE_ACCOUNT_EMAIL": "scheduler@stratus-prod.iam.gserviceaccount.com",
+    "SCHEDULER_OIDC_AUDIENCE": "https://metrics-cleanup.example.run.app/",
+}
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -71,7 +80,15 @@ def test_health_is_ok_on_a_migrated_database(db, client):
     assert config["status"] == "ok"
     assert config["problems"] == []
     assert "production" in config["note"]
-    assert body["components"]["llm"] == {"status": "ok", "mode": "offline", "model": "gpt-4o-mini"}
+    assert body["components"]["llm"] == {
+        "status": "ok",
+        "mode": "offline",
+        "model": "gpt-4o-mini",
+        "reachable": None,
+        "detail": None,
+    }
+    pubsub = body["components"]["pubsub"]
+    assert (pubsub["status"], pubsub["mode"], pubsub["topic"]) == ("ok", "local", None)
 
 
 def test_health_is_down_with_503_promptly_when_the_database_port_is_closed(settings_env, client):
@@ -181,18 +198,30 @@ def test_health_names_production_config_problems_and_is_down(db, settings_env, c
 
 
 def test_health_is_ok_in_production_with_a_complete_configuration(pg, settings_env, client):
-    settings_env(STRATUS_ENV="production", LLM_PROVIDER="offline")
+    settings_env(STRATUS_ENV="production", LLM_PROVIDER="offline", **PRODUCTION_EXTRAS)
     r = client("health").get("/")
     assert r.status_code == 200, r.get_data(as_text=True)
     assert r.json["status"] == "ok"
-    assert r.json["components"]["config"] == {"status": "ok", "problems": [], "note": None}
+    assert r.json["components"]["config"] == {
+        "status": "ok",
+        "problems": [],
+        "warnings": [],
+        "note": None,
+    }
+    assert r.json["components"]["pubsub"] == {
+        "status": "ok",
+        "mode": "gcp",
+        "topic": "projects/stratus-prod/topics/stratus-tasks",
+        "detail": None,
+    }
 
 
 def test_llm_component_reports_mode_and_model_without_calling_it(db, settings_env, client):
     # Port 9 (discard) answers nothing: a probe would fail, so "ok" proves there was none.
     settings_env(LLM_PROVIDER="openai", OPENAI_BASE_URL="http://127.0.0.1:9/v1", OPENAI_MODEL="m-1")
     r = client("health").get("/")
-    assert r.json["components"]["llm"] == {"status": "ok", "mode": "openai", "model": "m-1"}
+    llm = r.json["components"]["llm"]
+    assert (llm["status"], llm["mode"], llm["model"], llm["reachable"]) == ("ok", "openai", "m-1", None)
     assert r.json["status"] == "ok"
 
 
@@ -278,3 +307,88 @@ def test_health_imports_no_openai_pubsub_or_stripe(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == 200  # the function really ran
     assert result["heavy"] == []
+
+
+# -- Pub/Sub, the production LLM probe, incomplete production settings ---------------------
+
+
+def test_pubsub_in_gcp_mode_without_a_project_is_degraded(db, settings_env, client):
+    settings_env(PUBSUB_MODE="gcp")
+    r = client("health").get("/")
+    assert r.status_code == 200
+    assert r.json["status"] == "degraded"
+    pubsub = r.json["components"]["pubsub"]
+    assert (pubsub["status"], pubsub["mode"], pubsub["topic"]) == ("error", "gcp", None)
+    assert "GOOGLE_CLOUD_PROJECT" in pubsub["detail"]
+
+
+def test_local_pubsub_in_production_is_degraded_because_tasks_reach_no_runner(
+    pg, settings_env, client
+):
+    settings_env(STRATUS_ENV="production", LLM_PROVIDER="offline", **PRODUCTION_EXTRAS)
+    settings_env(PUBSUB_MODE="local")
+    r = client("health").get("/")
+    assert r.status_code == 200
+    assert r.json["status"] == "degraded"
+    assert r.json["components"]["pubsub"]["status"] == "error"
+    assert "production" in r.json["components"]["pubsub"]["detail"]
+
+
+def test_production_without_the_scheduler_identity_is_incomplete_and_degraded(
+    pg, settings_env, client
+):
+    extras = {**PRODUCTION_EXTRAS, "SCHEDULER_SERVICE_ACCOUNT_EMAIL": None}
+    settings_env(STRATUS_ENV="production", LLM_PROVIDER="offline", **extras)
+    r = client("health").get("/")
+    assert r.status_code == 200
+    assert r.json["status"] == "degraded"
+    config = r.json["components"]["config"]
+    assert config["status"] == "incomplete"
+    assert config["problems"] == []
+    assert "SCHEDULER_SERVICE_ACCOUNT_EMAIL" in config["warnings"][0]
+
+
+def test_production_probes_the_llm_api_once_per_ttl(pg, fake_openai, settings_env, client):
+    from shared_layer.llm_probe import forget_probes
+
+    forget_probes()
+    settings_env(STRATUS_ENV="production", OPENAI_API_KEY="sk-" + "k" * 40, **PRODUCTION_EXTRAS)
+    first = client("health").get("/")
+    second = client("health").get("/")
+    assert first.status_code == second.status_code == 200, first.get_data(as_text=True)
+    llm = first.json["components"]["llm"]
+    assert (llm["status"], llm["mode"], llm["reachable"], llm["detail"]) == (
+        "ok",
+        "openai",
+        True,
+        None,
+    )
+    probes = [r for r in fake_openai.requests if r.method == "GET"]
+    assert [r.path for r in probes] == ["/v1/models"]  # the second report used the cache
+    assert probes[0].headers["Authorization"] == "Bearer sk-" + "k" * 40
+    assert not fake_openai.chat_requests()  # no tokens spent
+    forget_probes()
+
+
+def test_production_reports_an_unreachable_llm_as_degraded_without_the_key(
+    pg, settings_env, client
+):
+    from shared_layer.llm_probe import forget_probes
+
+    forget_probes()
+    key = "sk-" + uuid.uuid4().hex
+    settings_env(
+        STRATUS_ENV="production",
+        LLM_PROVIDER="openai",
+        OPENAI_API_KEY=key,
+        OPENAI_BASE_URL=f"http://127.0.0.1:{_closed_port()}/v1",
+        **PRODUCTION_EXTRAS,
+    )
+    r = client("health").get("/")
+    assert r.status_code == 200
+    assert r.json["status"] == "degraded"
+    llm = r.json["components"]["llm"]
+    assert (llm["status"], llm["reachable"]) == ("error", False)
+    assert "did not answer" in llm["detail"]
+    assert key not in r.get_data(as_text=True)
+    forget_probes()

@@ -86,6 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def do_GET(self) -> None:
+        self.server.fake._record(RecordedRequest("GET", self.path, dict(self.headers.items()), {}))
         if self.path.rstrip("/") == "/v1/models":
             models = [
                 {"id": m, "object": "model", "created": 0, "owned_by": "fake"}

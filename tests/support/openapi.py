@@ -189,6 +189,13 @@ def check_response(
         f"{where}: content type {mimetype or '(none)'} is not documented "
         f"(documented: {', '.join(content)})"
     )
+    schema_pointer = f"{pointer}/content/{_escape(mimetype)}/schema"
+    if raw is not None and not (mimetype == "application/json" or mimetype.endswith("+json")):
+        # A text body (the dashboard's HTML, script, stylesheet): validated as a string.
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        assert text, f"{where}: an empty {mimetype} body"
+        _validate(schema_pointer, text, where)
+        return
     if raw is not None:
         try:
             parsed = json.loads(raw)
@@ -196,7 +203,6 @@ def check_response(
             raise AssertionError(f"{where}: the body is not JSON: {raw!r:.200}") from exc
     else:
         parsed = body
-    schema_pointer = f"{pointer}/content/{_escape(mimetype)}/schema"
     _validate(schema_pointer, parsed, where)
 
 
