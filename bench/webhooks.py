@@ -1,0 +1,384 @@
+"""Webhook throughput on PostgreSQL, beside a bare functions-framework hello world.
+
+Each function is started as Cloud Functions' Python runtime starts it (`functions-framework
+--target NAME`, gunicorn with its default threads) against a fresh PostgreSQL database, and
+loaded over real HTTP (keep-alive connections from client threads) for a fixed time after a
+warm-up. Measured in the same run:
+
+- hello: `GET /` of `bench/hello/main.py` (the baseline: requests/s);
+- stripe_webhook: distinct, signed `customer.subscription.updated` events for subscriptions of
+  one user (each one verified, stored by id and applied in its transaction): events/s;
+- sendgrid_webhook: signed batches of 1,000 distinct events (verified, stored once each):
+  events/s.
+
+The target is a Stripe webhook throughput of at least 40 % of hello's request rate. It is a
+measurement: it prints the table and never fails on a missed target.
+
+    .venv/bin/python bench/webhooks.py [--seconds 8] [--connections 8] [--warmup 2]
+
+PostgreSQL comes from `STRATUS_TEST_POSTGRES_URL` (default: the local server, database
+`test`), as for the tests; a throwaway database is created on it and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.client import HTTPConnection
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.support.*, when run as a script
+
+STRIPE_SECRET = "whsec_bench_" + "b" * 32
+TARGET_RATIO = 0.40
+SUBSCRIPTIONS = 64  # events spread over these, as a busy account's would be
+START_TIMEOUT = 60.0
+
+Request = tuple[str, str, dict[str, str], bytes | None]  # method, path, headers, body
+
+
+@dataclass
+class Result:
+    name: str
+    requests: int
+    events: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: int
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new database on the configured PostgreSQL server, migrated; dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from tests.support.postgres import provide_postgres
+
+    with provide_postgres() as admin_url:
+        name = f"stratus_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield admin_url.rsplit("/", 1)[0] + "/" + name
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+def prepare(database_url: str) -> str:
+    """Migrate, and create a user whose Stripe customer the events name; the customer id."""
+    os.environ["DATABASE_URL"] = database_url
+    from shared_layer.config import reset_settings
+    from shared_layer.database import get_engine, reset_engine, session_scope
+    from shared_layer.migrate import upgrade
+    from shared_layer.models import BillingCustomer, User
+
+    reset_settings()
+    reset_engine()
+    upgrade(get_engine())
+    customer = "cus_bench"
+    with session_scope() as session:
+        user = User(email="bench@example.com", password_hash="unusable")  # noqa: S106
+        session.add(user)
+        session.flush()
+        session.add(BillingCustomer(user_id=user.id, stripe_customer_id=customer))
+    reset_engine()
+    return customer
+
+
+def stripe_requests(customer: str, count: int) -> list[Request]:
+    from tests.support.fake_stripe import event, stripe_signature, subscription
+
+    statuses = ("active", "active", "active", "past_due", "trialing")
+    start = int(time.time()) - 3600
+    requests: list[Request] = []
+    for i in range(count):
+        obj = subscription(
+            f"sub_bench_{i % SUBSCRIPTIONS}",
+            customer,
+            status=statuses[i % len(statuses)],
+            price="price_pro" if i % 2 else "price_team",
+            period_end=start + 86_400 * 30 + i,
+        )
+        body = json.dumps(event("customer.subscription.updated", obj, created=start + i))
+        headers = {
+            "Content-Type": "application/json",
+            "Stripe-Signature": stripe_signature(body, STRIPE_SECRET),
+        }
+        requests.append(("POST", "/", headers, body.encode()))
+    return requests
+
+
+def sendgrid_requests(signer: object, batches: int, size: int = 1000) -> list[Request]:
+    from tests.support.fake_sendgrid import EventSigner, sendgrid_event
+
+    assert isinstance(signer, EventSigner)
+    kinds = ("processed", "delivered", "open", "click", "bounce")
+    requests: list[Request] = []
+    for b in range(batches):
+        batch = [
+            sendgrid_event(
+                f"user{i % 500}@example.com", kinds[i % len(kinds)], sg_event_id=f"b{b}-{i}"
+            )
+            for i in range(size)
+        ]
+        body = json.dumps(batch).encode()
+        requests.append(("POST", "/", signer.headers(body), body))
+    return requests
+
+
+@contextmanager
+def serving(name: str, source: Path, env: dict[str, str], log: Path) -> Iterator[int]:
+    port = free_port()
+    command = [
+        str(Path(sys.executable).with_name("functions-framework")),
+        "--target", name,
+        "--source", str(source),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+    ]  # fmt: skip
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        deadline = time.perf_counter() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}; see {log}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"{name} did not listen in {START_TIMEOUT:.0f} s") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)  # the group this call started, by its id
+            process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def load(
+    name: str,
+    port: int,
+    next_request: Callable[[], Request | None],
+    *,
+    seconds: float,
+    connections: int,
+    events_per_request: int,
+    ok: Callable[[int, bytes], bool],
+) -> Result:
+    """Send requests from `connections` threads for `seconds`; count the answers `ok` accepts."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+    counts = {"ok": 0, "errors": 0}
+    stop_at = time.perf_counter() + seconds
+
+    def worker() -> None:
+        connection = HTTPConnection("127.0.0.1", port, timeout=60)
+        mine: list[float] = []
+        good = bad = 0
+        while time.perf_counter() < stop_at:
+            request = next_request()
+            if request is None:
+                break
+            method, path, headers, body = request
+            began = time.perf_counter()
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            mine.append((time.perf_counter() - began) * 1000)
+            if ok(response.status, payload):
+                good += 1
+            else:
+                bad += 1
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+            counts["ok"] += good
+            counts["errors"] += bad
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    return Result(
+        name, counts["ok"], counts["ok"] * events_per_request, elapsed, latencies, counts["errors"]
+    )
+
+
+def median_result(samples: list[Result]) -> Result:
+    """The round with the median event rate (its latencies and errors with it)."""
+    return sorted(samples, key=lambda r: r.events_per_s)[len(samples) // 2]
+
+
+def feeder(requests: list[Request]) -> Callable[[], Request | None]:
+    """Each request once, in order, across threads; None when they run out."""
+    lock = threading.Lock()
+    position = iter(requests)
+
+    def take() -> Request | None:
+        with lock:
+            return next(position, None)
+
+    return take
+
+
+def child_env(database_url: str, public_key: str, monitoring: bool) -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.update(
+        STRATUS_ENV="local",
+        DATABASE_URL=database_url,
+        JWT_SECRET="bench-" + "z" * 40,
+        STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,
+        STRIPE_PRICE_PRO="price_pro",
+        STRIPE_PRICE_TEAM="price_team",
+        SENDGRID_WEBHOOK_PUBLIC_KEY=public_key,
+        MONITORING_ENABLED="true" if monitoring else "false",
+    )
+    return env
+
+
+def report(results: list[Result], base: Result, connections: int) -> str:
+    lines = [
+        f"{'function':<17} {'requests/s':>10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>6}  vs hello requests/s",
+    ]
+    for result in results:
+        ratio = result.events_per_s / base.requests_per_s
+        verdict = ""
+        if result.name == "stripe_webhook":
+            verdict = f"  {'PASS' if ratio >= TARGET_RATIO else 'MISS'} (>= {TARGET_RATIO:.0%})"
+        vs = "baseline" if result is base else f"{ratio:6.1%}{verdict}"
+        lines.append(
+            f"{result.name:<17} {result.requests_per_s:10.0f} {result.events_per_s:10.0f} "
+            f"{result.percentile(0.5):8.1f} {result.percentile(0.99):8.1f} {result.errors:6d}  {vs}"
+        )
+    lines.append(f"({connections} keep-alive connections; events/s counts verified, stored events)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Webhook throughput beside a hello world.")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per function")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time first")
+    parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians shown")
+    parser.add_argument(
+        "--no-monitoring", action="store_true", help="MONITORING_ENABLED=false in the functions"
+    )
+    args = parser.parse_args()
+
+    from tests.support.fake_sendgrid import EventSigner
+
+    signer = EventSigner()
+    log = Path(tempfile.gettempdir()) / f"stratus-bench-webhooks-{os.getpid()}.log"
+    with postgres_database() as database_url:
+        customer = prepare(database_url)
+        env = child_env(database_url, signer.public_key, not args.no_monitoring)
+        budget = int((args.seconds + args.warmup) * 4000 * args.rounds)  # more than runs send
+        runs: list[
+            tuple[str, Path, Callable[[], Request | None], int, Callable[[int, bytes], bool]]
+        ] = [
+            (
+                "hello",
+                ROOT / "bench/hello/main.py",
+                lambda: ("GET", "/", {}, None),
+                1,
+                lambda status, _: status == 200,
+            ),
+            (
+                "stripe_webhook",
+                ROOT / "functions/stripe_webhook/main.py",
+                feeder(stripe_requests(customer, budget)),
+                1,
+                lambda status, body: status == 200 and not json.loads(body)["duplicate"],
+            ),
+            (
+                "sendgrid_webhook",
+                ROOT / "functions/sendgrid_webhook/main.py",
+                feeder(sendgrid_requests(signer, max(20, budget // 400))),
+                1000,
+                lambda status, body: status == 200 and json.loads(body)["stored"] == 1000,
+            ),
+        ]
+        rounds: dict[str, list[Result]] = {name: [] for name, *_ in runs}
+        for _ in range(args.rounds):  # interleaved, so drift on the machine hits each alike
+            for name, source, next_request, per_request, ok in runs:
+                with serving(name, source, env, log) as port:
+                    common = {
+                        "connections": args.connections,
+                        "events_per_request": per_request,
+                        "ok": ok,
+                    }
+                    load(name, port, next_request, seconds=args.warmup, **common)
+                    rounds[name].append(
+                        load(name, port, next_request, seconds=args.seconds, **common)
+                    )
+    results = [median_result(samples) for samples in rounds.values()]
+    base = results[0]
+    print(
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, PostgreSQL, "
+        f"monitoring {'off' if args.no_monitoring else 'on'}, {args.seconds:.0f} s per function, "
+        f"median of {args.rounds} interleaved rounds"
+    )
+    print(report(results, base, args.connections))
+    stripe = next(r for r in results if r.name == "stripe_webhook")
+    print(
+        f"stripe_webhook verified events/s = {stripe.events_per_s / base.requests_per_s:.0%} of "
+        f"hello's requests/s (target >= {TARGET_RATIO:.0%})"
+    )
+    if any(r.errors for r in results):
+        print(f"some answers were not the expected 200; see {log}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
