@@ -30,7 +30,15 @@ def test_a_fresh_v1_signature_verifies_and_returns_its_timestamp():
 
 @pytest.mark.parametrize(
     "header",
-    ["", "   ", "foo", "t=,v1=abc", "t=notanumber,v1=abc", "v1=abc", "i'm not even a real signature"],
+    [
+        "",
+        "   ",
+        "foo",
+        "t=,v1=abc",
+        "t=notanumber,v1=abc",
+        "v1=abc",
+        "i'm not even a real signature",
+    ],
 )
 def test_a_malformed_header_is_refused(header):
     with pytest.raises(InvalidSignature):
