@@ -124,13 +124,15 @@ def main() -> None:
         raw_times: list[float] = []
         cleanup_times: list[float] = []
         longest: list[float] = []
+        batch, seconds = settings.metrics_cleanup_batch_size, settings.metrics_cleanup_batch_seconds
         print(
             f"PostgreSQL {engine.dialect.server_version_info}; {args.rows:,} rows over {DAYS} "
-            f"days, retention {RETENTION_DAYS} days; batch size {settings.metrics_cleanup_batch_size}"
-            f", target batch {settings.metrics_cleanup_batch_seconds} s\n"
+            f"days, retention {RETENTION_DAYS} days; batch size {batch}, target batch {seconds} s\n"
         )
-        print(f"{'round':>5} {'mode':>8} {'expired':>10} {'deleted':>10} {'seconds':>8} "
-              f"{'batches':>8} {'longest batch ms':>17}")
+        print(
+            f"{'round':>5} {'mode':>8} {'expired':>10} {'deleted':>10} {'seconds':>8} "
+            f"{'batches':>8} {'longest batch ms':>17}"
+        )
         for round_ in range(1, args.rounds + 1):
             for mode in ("raw", "cleanup") if round_ % 2 else ("cleanup", "raw"):
                 expired = load(engine, args.rows, now)
@@ -143,15 +145,21 @@ def main() -> None:
                     cleanup_times.append(seconds)
                     longest.append(batch_ms)
                 assert deleted == expired, f"{mode} deleted {deleted} of {expired} expired rows"
-                print(f"{round_:>5} {mode:>8} {expired:>10,} {deleted:>10,} {seconds:>8.2f} "
-                      f"{batches:>8} {batch_ms:>17.1f}")
+                print(
+                    f"{round_:>5} {mode:>8} {expired:>10,} {deleted:>10,} {seconds:>8.2f} "
+                    f"{batches:>8} {batch_ms:>17.1f}"
+                )
         raw, batched = statistics.median(raw_times), statistics.median(cleanup_times)
         ratio, worst = batched / raw, max(longest)
         print(f"\nmedian raw DELETE {raw:.2f} s; median cleanup {batched:.2f} s")
-        print(f"ratio cleanup/raw {ratio:.2f} (target <= {TARGET_RATIO}): "
-              f"{'met' if ratio <= TARGET_RATIO else 'MISSED'}")
-        print(f"longest cleanup batch {worst:.0f} ms (target <= {TARGET_LONGEST_BATCH_MS:.0f}): "
-              f"{'met' if worst <= TARGET_LONGEST_BATCH_MS else 'MISSED'}")
+        print(
+            f"ratio cleanup/raw {ratio:.2f} (target <= {TARGET_RATIO}): "
+            f"{'met' if ratio <= TARGET_RATIO else 'MISSED'}"
+        )
+        print(
+            f"longest cleanup batch {worst:.0f} ms (target <= {TARGET_LONGEST_BATCH_MS:.0f}): "
+            f"{'met' if worst <= TARGET_LONGEST_BATCH_MS else 'MISSED'}"
+        )
         engine.dispose()
     finally:
         from shared_layer.database import reset_engine

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 
@@ -25,7 +26,7 @@ def cleanup(args: argparse.Namespace) -> int:
     from shared_layer.logging_config import configure_logging
     from shared_layer.maintenance import run_cleanup
 
-    configure_logging()
+    configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))  # the report says what happened
     try:
         report = run_cleanup()
     except (SQLAlchemyError, ConfigError) as exc:

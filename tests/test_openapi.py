@@ -159,6 +159,13 @@ _RESPONSE_MODELS = {
     "MigrationsHealth": "shared_layer.health:MigrationsHealth",
     "ConfigHealth": "shared_layer.health:ConfigHealth",
     "LlmHealth": "shared_layer.health:LlmHealth",
+    "PubSubHealth": "shared_layer.health:PubSubHealth",
+    "PerformanceReport": "shared_layer.schemas.monitoring:PerformanceReport",
+    "MetricsTotals": "shared_layer.schemas.monitoring:MetricsTotals",
+    "RouteStats": "shared_layer.schemas.monitoring:RouteStats",
+    "TaskStats": "shared_layer.schemas.monitoring:TaskStats",
+    "SeriesPoint": "shared_layer.schemas.monitoring:SeriesPoint",
+    "CleanupReport": "shared_layer.schemas.monitoring:CleanupReport",
     "CheckoutSessionPublic": "shared_layer.schemas.billing:CheckoutSessionPublic",
     "PortalSessionPublic": "shared_layer.schemas.billing:PortalSessionPublic",
     "SubscriptionPublic": "shared_layer.schemas.billing:SubscriptionPublic",
@@ -286,7 +293,7 @@ def _expired_token(user_id: uuid.UUID) -> str:
 
 
 def test_every_route_answers_as_documented_for_good_and_bad_input(
-    db, settings_env, user_token, queued_task
+    db, settings_env, user_token, admin_token, queued_task
 ):
     settings_env(MAX_BODY_BYTES="2048")
     auth, agents, health = (
@@ -410,6 +417,15 @@ def test_every_route_answers_as_documented_for_good_and_bad_input(
     assert health.head("/").status_code == 200
     assert health.post("/").status_code == 405
     assert health.get("/nope").status_code == 404
+    _, admin = admin_token()
+    assert health.get("/metrics?window=1h", headers={"Authorization": admin}).status_code == 200
+    assert health.get("/metrics?window=2h", headers={"Authorization": admin}).status_code == 400
+    assert health.get("/metrics", headers=me).status_code == 403
+    assert health.get("/metrics").status_code == 401
+    assert health.get("/dashboard").status_code == 200
+    assert health.get("/dashboard/dashboard.js").status_code == 200
+    assert health.get("/dashboard/uPlot.min.css").status_code == 200
+    assert health.get("/dashboard/nope.js").status_code == 404
 
     # every documented operation of these functions answered at least once with success and
     # once with an error (billing and the webhooks: tests/functions/test_billing.py)
@@ -419,7 +435,7 @@ def test_every_route_answers_as_documented_for_good_and_bad_input(
             continue
         statuses = {s for p, m, s in seen if p == path and m == method.upper()}
         assert any(s < 300 for s in statuses), f"{method} {path}: no success exercised"
-        if path != "/health/":
+        if path not in ("/health/", "/health/dashboard"):  # these two have no 4xx of their own
             assert any(400 <= s < 500 for s in statuses), f"{method} {path}: no error exercised"
     assert not any(s >= 500 for _, _, s in seen)
 
