@@ -78,20 +78,6 @@ def _bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bundle(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from stratus.bundle import BundleError, build_bundles, summary
-
-    try:
-        bundles = build_bundles(args.functions or None, out=Path(args.out))
-    except BundleError as exc:
-        print(f"stratus bundle: {exc}", file=sys.stderr)
-        return 1
-    print(summary(bundles, markdown=args.markdown))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stratus", description="Develop and try Stratus locally.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -128,18 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("revision", nargs="?", help="target revision (upgrade: default head)")
     migrate.set_defaults(run=_migrate)
-
-    bundle = commands.add_parser(
-        "bundle",
-        help="build the deployable bundle of each function into build/",
-        description="Build build/<function>/ and build/<function>.zip for each function (default: "
-        "all): main.py, a vendored shared_layer/ and a complete pinned requirements.txt; and "
-        "build/bundles.json with each bundle's content hash. Building twice gives the same bytes.",
-    )
-    bundle.add_argument("functions", nargs="*", help="functions to build (default: all)")
-    bundle.add_argument("--out", default="build", help="output directory (default %(default)s)")
-    bundle.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    bundle.set_defaults(run=_bundle)
 
     bundle = commands.add_parser(
         "bundle",
