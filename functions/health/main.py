@@ -1,9 +1,9 @@
 """health: component health (no auth), the metrics read-out and the dashboard (admins).
 
-    GET /                      component health: 200 `ok`/`degraded`, 503 `down`, same body
-    GET /metrics               per route and per agent/model statistics (admin bearer token)
-    GET /dashboard             the charts page (static; its script reads /metrics as an admin)
-    GET /dashboard/{asset}     the page's script, stylesheet and vendored uPlot
+GET /                      component health: 200 `ok`/`degraded`, 503 `down`, same body
+GET /metrics               per route and per agent/model statistics (admin bearer token)
+GET /dashboard             the charts page (static; its script reads /metrics as an admin)
+GET /dashboard/{asset}     the page's script, stylesheet and vendored uPlot
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ task, and an event that names no task at all, are logged and acknowledged.
 from __future__ import annotations
 
 import logging
+import secrets
 
 import flask
 import functions_framework
@@ -40,6 +41,8 @@ def task_runner(event: CloudEvent) -> None:
     execution_id = (
         flask.request.headers.get("Function-Execution-Id") if flask.has_request_context() else None
     )
+    # No trace came (a local push from a worker thread): make one, so the run's lines share it.
+    trace = trace or secrets.token_hex(16)
     with log_context(function="task_runner", trace=trace, span=span, execution_id=execution_id):
         try:
             delivery = parse_task_event(event["type"], event.get_data())

@@ -59,7 +59,9 @@ def health_url(db: Any) -> Iterator[str]:
         thread.join(5)
 
 
-def _browse(chromium: str, url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _browse(
+    chromium: str, url: str, profile: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             chromium,
@@ -141,7 +143,10 @@ def test_dashboard_draws_its_charts_from_recorded_metrics_in_headless_chromium(
     for _ in range(12):
         assert agents.get(f"/agents/{agent_id}", headers=me).status_code == 200
     assert agents.get(f"/agents/{uuid.uuid4()}", headers=me).status_code == 404
-    assert agents.post(f"/agents/{agent_id}/tasks", json={"input": "Hi"}, headers=me).status_code == 202
+    assert (
+        agents.post(f"/agents/{agent_id}/tasks", json={"input": "Hi"}, headers=me).status_code
+        == 202
+    )
     assert push_to_task_runner == [200]
     _, admin = admin_token()
     token = admin.removeprefix("Bearer ")

@@ -20,7 +20,6 @@ from shared_layer.health import DATABASE_CHECK_TIMEOUT_SECONDS, check_health
 from shared_layer.migrate import downgrade, head_revision, upgrade
 from tests.conftest import FUNCTIONS, ROOT
 
-
 # What production needs besides the settings it refuses to start without, for an `ok` report.
 PRODUCTION_EXTRAS = {
     "PUBSUB_MODE": "gcp",
@@ -221,7 +220,12 @@ def test_llm_component_reports_mode_and_model_without_calling_it(db, settings_en
     settings_env(LLM_PROVIDER="openai", OPENAI_BASE_URL="http://127.0.0.1:9/v1", OPENAI_MODEL="m-1")
     r = client("health").get("/")
     llm = r.json["components"]["llm"]
-    assert (llm["status"], llm["mode"], llm["model"], llm["reachable"]) == ("ok", "openai", "m-1", None)
+    assert (llm["status"], llm["mode"], llm["model"], llm["reachable"]) == (
+        "ok",
+        "openai",
+        "m-1",
+        None,
+    )
     assert r.json["status"] == "ok"
 
 

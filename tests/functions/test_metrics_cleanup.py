@@ -121,7 +121,9 @@ def test_google_tokens_that_are_not_the_schedulers_are_refused(
 
 def test_a_token_signed_by_another_key_is_refused(db, client, scheduler_identity):
     forged = scheduler_identity.mint(
-        audience=SCHEDULER_AUDIENCE, email=SCHEDULER_EMAIL, signer_key=scheduler_identity.other_key()
+        audience=SCHEDULER_AUDIENCE,
+        email=SCHEDULER_EMAIL,
+        signer_key=scheduler_identity.other_key(),
     )
     r = client("metrics_cleanup").post("/", headers=_bearer(forged))
     assert r.status_code == 401
@@ -191,13 +193,23 @@ def test_a_body_must_be_empty_or_an_empty_json_object(db, client, scheduler_iden
     metrics = client("metrics_cleanup")
     before = table_counts(db)
     assert metrics.post("/", json={"dry_run": True}, headers=headers).status_code == 400
-    assert metrics.post("/", data="{", content_type="application/json", headers=headers).status_code == 400
-    assert metrics.post("/", data="go", content_type="text/plain", headers=headers).status_code == 415
+    assert (
+        metrics.post("/", data="{", content_type="application/json", headers=headers).status_code
+        == 400
+    )
+    assert (
+        metrics.post("/", data="go", content_type="text/plain", headers=headers).status_code == 415
+    )
     assert metrics.get("/", headers=headers).status_code == 405
     assert metrics.post("/nope", headers=headers).status_code == 404
     assert table_counts(db) == before
     assert metrics.post("/", json={}, headers=headers).status_code == 200
-    assert metrics.post("/", headers={**headers, "Content-Type": "application/octet-stream"}).status_code == 200
+    assert (
+        metrics.post(
+            "/", headers={**headers, "Content-Type": "application/octet-stream"}
+        ).status_code
+        == 200
+    )
 
 
 # -- one run at a time ---------------------------------------------------------------------
@@ -308,7 +320,9 @@ print(json.dumps({"status": response.status_code, "heavy": heavy}))
 
 def test_metrics_cleanup_imports_no_openai_stripe_or_pubsub_to_answer(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SECRET_MANAGER"))}
-    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'c.db'}", STRATUS_ENV="local", LOG_LEVEL="ERROR")
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'c.db'}", STRATUS_ENV="local", LOG_LEVEL="ERROR"
+    )
     done = subprocess.run(
         [sys.executable, "-c", _IMPORT_PROBE, str(FUNCTIONS / "metrics_cleanup" / "main.py")],
         capture_output=True,

@@ -3,6 +3,7 @@ on the same rows, windows and their limits."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -131,7 +132,7 @@ def test_report_gives_the_same_exact_numbers_on_both_backends(db):
     assert sum(p.tasks_failed for p in report.series) == 1
     starts = [p.start for p in report.series]
     assert starts == sorted(starts)
-    assert all((b - a) == timedelta(seconds=900) for a, b in zip(starts, starts[1:], strict=False))
+    assert all((b - a) == timedelta(seconds=900) for a, b in itertools.pairwise(starts))
     empty = [p for p in report.series if p.requests == 0]
     assert empty
     assert all(p.p50_ms is None for p in empty)  # no traffic, not zero latency

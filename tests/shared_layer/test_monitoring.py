@@ -119,9 +119,7 @@ def test_with_batch_size_one_each_request_writes_its_row_at_once(db, client, ins
         assert session.scalar(select(ApiCallMetric.route)) == "/"
 
 
-def test_waiting_rows_are_written_by_the_timer_when_no_request_comes(
-    db, client, settings_env
-):
+def test_waiting_rows_are_written_by_the_timer_when_no_request_comes(db, client, settings_env):
     settings_env(MONITORING_BATCH_SIZE="100", MONITORING_FLUSH_SECONDS="0.2")
     client("health").get("/")
     with session_scope() as session:
@@ -237,8 +235,12 @@ def test_cost_uses_the_exact_model_then_the_longest_prefix_and_nothing_offline(s
     assert mini == 150 + 300
     big = cost_micros(model="gpt-4o", provider="openai", prompt_tokens=1000, completion_tokens=500)
     assert big == 2500 + 5000
-    assert cost_micros(model="gpt-4o", provider="offline", prompt_tokens=10, completion_tokens=10) == 0
-    assert cost_micros(model="llama-3", provider="openai", prompt_tokens=10, completion_tokens=10) == 0
+    assert (
+        cost_micros(model="gpt-4o", provider="offline", prompt_tokens=10, completion_tokens=10) == 0
+    )
+    assert (
+        cost_micros(model="llama-3", provider="openai", prompt_tokens=10, completion_tokens=10) == 0
+    )
     one = cost_micros(model="gpt-4o-mini", provider="openai", prompt_tokens=4, completion_tokens=0)
     assert one == 1  # 0.6 micros rounds half up: real tokens are never free
 
@@ -277,3 +279,22 @@ def test_every_line_of_a_request_and_its_task_carries_trace_execution_id_and_fun
     }
     assert all(len(t) == 1 for t in traces.values())  # one trace per request / delivery
     assert any("task" in e["message"] and "succeeded" in e["message"] for e in json_logs)
+
+
+def test_a_pushed_task_without_trace_headers_still_logs_one_trace_on_every_line(
+    db, queued_task, json_logs
+):
+    from shared_layer.eventarc import binary_cloudevent, task_message
+    from tests.conftest import function_app
+
+    task = queued_task("Say hello")
+    data, attributes = task_message(task.task_id)
+    headers, body = binary_cloudevent(
+        data=data, attributes=attributes, message_id="42", project="p", topic="t", subscription="s"
+    )
+    response = function_app("task_runner").test_client().post("/", headers=headers, data=body)
+    assert response.status_code == 200
+    lines = [e for e in json_logs if _labels(e).get("function") == "task_runner"]
+    assert lines
+    assert len({e["logging.googleapis.com/trace"] for e in lines}) == 1
+    assert all(_labels(e)["execution_id"] for e in lines)
