@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, null, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared_layer.billing.plans import plan_for_price
 from shared_layer.config import get_settings
 from shared_layer.email.templates import format_money
 from shared_layer.errors import InvalidInput
-from shared_layer.idempotency import insert_new, upsert_newer
+from shared_layer.idempotency import insert_new
 from shared_layer.models import BillingCustomer, Invoice, StripeEvent, Subscription, User, utcnow
 from shared_layer.schemas.billing import StripeEventIn
 from shared_layer.services.billing import TERMINAL_STATUSES
@@ -143,6 +143,10 @@ def _user_for(session: Session, customer_id: str, obj: Mapping[str, Any]) -> uui
     return None
 
 
+def _is_stale(event_created: int, version: int) -> bool:
+    return event_created < version
+
+
 # Handlers
 
 
@@ -196,38 +200,33 @@ def _subscription_changed(session: Session, event: StripeEventIn) -> Handled:
     if user_id is None:
         return Handled("unmatched")
     at = datetime.fromtimestamp(event.created, UTC)
-    now = utcnow()
-    values = {
-        **fields,
-        "id": subscription_id,
-        "user_id": user_id,
-        "stripe_customer_id": customer_id,
-        "past_due_since": at if fields["status"] == "past_due" else None,
-        "version": event.created,
-        "created_at": now,
-        "updated_at": now,
-    }
-    written = upsert_newer(
-        session,
-        Subscription,
-        values,
-        keep={"user_id", "created_at"},
-        # past_due since the first event that said so; cleared when it no longer is
-        computed={
-            "past_due_since": lambda stored, incoming: case(
-                (incoming.status != "past_due", null()),
-                (
-                    and_(stored.status == "past_due", stored.past_due_since.is_not(None)),
-                    stored.past_due_since,
-                ),
-                else_=incoming.past_due_since,
-            )
-        },
-        unless=lambda stored, incoming: and_(
-            stored.status.in_(TERMINAL_STATUSES), incoming.status.not_in(TERMINAL_STATUSES)
-        ),
-    )
-    return Handled("applied" if written else "stale")
+    row = _locked(session, Subscription, subscription_id)
+    if row is None:
+        new = {
+            **fields,
+            "id": subscription_id,
+            "user_id": user_id,
+            "stripe_customer_id": customer_id,
+            "past_due_since": at if fields["status"] == "past_due" else None,
+            "version": event.created,
+            "created_at": utcnow(),
+            "updated_at": utcnow(),
+        }
+        if insert_new(session, Subscription, [new], key="id"):
+            return Handled("applied")
+        row = _locked(session, Subscription, subscription_id)  # a concurrent event created it
+        assert row is not None
+    ended = row.status in TERMINAL_STATUSES and fields["status"] not in TERMINAL_STATUSES
+    if _is_stale(event.created, row.version) or ended:
+        return Handled("stale")
+    if fields["status"] != "past_due":
+        row.past_due_since = None
+    elif row.status != "past_due" or row.past_due_since is None:
+        row.past_due_since = at
+    for name, value in fields.items():
+        setattr(row, name, value)
+    row.version = event.created
+    return Handled("applied")
 
 
 def _invoice_changed(session: Session, event: StripeEventIn) -> Handled:
@@ -242,10 +241,7 @@ def _invoice_changed(session: Session, event: StripeEventIn) -> Handled:
     subscription_id = obj.get("subscription") or (
         details.get("subscription") if isinstance(details, dict) else None
     )
-    url = obj.get("hosted_invoice_url")
-    now = utcnow()
-    values: dict[str, Any] = {
-        "id": invoice_id,
+    fields: dict[str, Any] = {
         "user_id": user_id,
         "stripe_customer_id": customer_id,
         "subscription_id": subscription_id if isinstance(subscription_id, str) else None,
@@ -254,21 +250,23 @@ def _invoice_changed(session: Session, event: StripeEventIn) -> Handled:
         "amount_due": _int(obj, "amount_due"),
         "amount_paid": _int(obj, "amount_paid", 0),
         "attempt_count": _int(obj, "attempt_count", 0),
-        "hosted_invoice_url": url if isinstance(url, str) else None,
+        "hosted_invoice_url": obj.get("hosted_invoice_url")
+        if isinstance(obj.get("hosted_invoice_url"), str)
+        else None,
         "version": event.created,
-        "created_at": now,
-        "updated_at": now,
+        "updated_at": utcnow(),
     }
-    written = upsert_newer(
-        session,
-        Invoice,
-        values,
-        keep={"created_at"},
-        unless=lambda stored, incoming: stored.status == "paid",  # paid is final
-    )
-    if not written:
-        return Handled("stale")
-    emails = _payment_failed_email(session, user_id, values) if status == "payment_failed" else ()
+    row = _locked(session, Invoice, invoice_id)
+    new = {**fields, "id": invoice_id, "created_at": utcnow()}
+    if row is None and not insert_new(session, Invoice, [new], key="id"):
+        row = _locked(session, Invoice, invoice_id)  # a concurrent event created it
+        assert row is not None
+    if row is not None:
+        if _is_stale(event.created, row.version) or row.status == "paid":
+            return Handled("stale")
+        for name, value in fields.items():
+            setattr(row, name, value)
+    emails = _payment_failed_email(session, user_id, fields) if status == "payment_failed" else ()
     return Handled("applied", emails)
 
 
@@ -288,6 +286,16 @@ def _payment_failed_email(
         "grace_days": str(get_settings().billing_grace_period_days),
     }
     return (EmailRequest(user.email, "payment_failed", context, user_id),)
+
+
+def _locked(session: Session, model: type[Subscription] | type[Invoice], key: str) -> Any:
+    """The row, locked until commit (and re-read: another transaction may have changed it)."""
+    return session.scalar(
+        select(model)
+        .where(model.id == key)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
 HANDLERS: dict[str, Callable[[Session, StripeEventIn], Handled]] = {
