@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))  # tests.support.*, when run as a script
 
 STRIPE_SECRET = "whsec_bench_" + "b" * 32
 TARGET_RATIO = 0.40
+FLOORS = ("verify_only", "verify_and_insert")  # bench/webhook_floor/main.py
 SUBSCRIPTIONS = 64  # events spread over these, as a busy account's would be
 START_TIMEOUT = 60.0
 
@@ -122,7 +123,7 @@ def prepare(database_url: str) -> str:
     return customer
 
 
-def stripe_requests(customer: str, count: int) -> list[Request]:
+def stripe_requests(customer: str, count: int, prefix: str = "") -> list[Request]:
     from tests.support.fake_stripe import event, stripe_signature, subscription
 
     statuses = ("active", "active", "active", "past_due", "trialing")
@@ -136,7 +137,10 @@ def stripe_requests(customer: str, count: int) -> list[Request]:
             price="price_pro" if i % 2 else "price_team",
             period_end=start + 86_400 * 30 + i,
         )
-        body = json.dumps(event("customer.subscription.updated", obj, created=start + i))
+        evt = event("customer.subscription.updated", obj, created=start + i)
+        if prefix:  # the floors store events too: ids of their own
+            evt["id"] = f"evt_{prefix}_{evt['id'].removeprefix('evt_')}"
+        body = json.dumps(evt)
         headers = {
             "Content-Type": "application/json",
             "Stripe-Signature": stripe_signature(body, STRIPE_SECRET),
@@ -312,6 +316,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians shown")
     parser.add_argument(
+        "--floors",
+        action="store_true",
+        help="also run bench/webhook_floor: verify only, and verify + one INSERT per event",
+    )
+    parser.add_argument(
         "--no-monitoring", action="store_true", help="MONITORING_ENABLED=false in the functions"
     )
     args = parser.parse_args()
@@ -340,6 +349,16 @@ def main() -> int:
                 feeder(stripe_requests(customer, budget)),
                 1,
                 lambda status, body: status == 200 and not json.loads(body)["duplicate"],
+            ),
+            *(
+                (
+                    floor,
+                    ROOT / "bench/webhook_floor/main.py",
+                    feeder(stripe_requests(customer, budget, prefix=floor)),
+                    1,
+                    lambda status, body: status == 200 and not json.loads(body)["duplicate"],
+                )
+                for floor in (FLOORS if args.floors else ())
             ),
             (
                 "sendgrid_webhook",

@@ -196,12 +196,12 @@ def _subscription_changed(session: Session, event: StripeEventIn) -> Handled:
     obj = event.data.object
     subscription_id, customer_id = _str(obj, "id"), _str(obj, "customer")
     fields = _subscription_fields(obj)
-    user_id = _user_for(session, customer_id, obj)
-    if user_id is None:
-        return Handled("unmatched")
     at = datetime.fromtimestamp(event.created, UTC)
     row = _locked(session, Subscription, subscription_id)
-    if row is None:
+    if row is None:  # the first event of this subscription: whose is it?
+        user_id = _user_for(session, customer_id, obj)
+        if user_id is None:
+            return Handled("unmatched")
         new = {
             **fields,
             "id": subscription_id,

@@ -1,0 +1,72 @@
+"""Floors for bench/webhooks.py: how fast a Stripe webhook could possibly be on this stack.
+
+`verify_only` does what stripe_webhook does before the database (the Router, the signature
+check, JSON and the event model) and answers; `verify_and_insert` adds one transaction with
+one INSERT of the event. Measured with `bench/webhooks.py --floors`, they show how much of the
+gap to hello-world is the HTTP adapter and how much is a database transaction per event.
+"""
+
+from __future__ import annotations
+
+import json
+
+import flask
+import functions_framework
+
+from shared_layer.billing.signature import verify_stripe_signature
+from shared_layer.config import get_stripe_config
+from shared_layer.database import session_scope
+from shared_layer.http import ApiRequest, Router
+from shared_layer.idempotency import insert_new
+from shared_layer.models import StripeEvent, utcnow
+from shared_layer.schemas.billing import StripeEventIn, StripeWebhookReceipt
+
+only = Router("verify_only")
+insert = Router("verify_and_insert")
+
+
+def _event(req: ApiRequest) -> tuple[StripeEventIn, dict[str, object]]:
+    config = get_stripe_config()
+    assert config.webhook_secret is not None
+    body = req.body_bytes()
+    verify_stripe_signature(
+        body,
+        req.raw.headers.get("Stripe-Signature"),
+        secret=config.webhook_secret.get_secret_value(),
+        tolerance_seconds=config.webhook_tolerance_seconds,
+    )
+    payload = json.loads(body)
+    return StripeEventIn.model_validate(payload), payload
+
+
+@only.route("POST", "/")
+def verify(req: ApiRequest) -> StripeWebhookReceipt:
+    event, _ = _event(req)
+    return StripeWebhookReceipt(event_id=event.id, duplicate=False, outcome="ignored")
+
+
+@insert.route("POST", "/")
+def verify_and_store(req: ApiRequest) -> StripeWebhookReceipt:
+    event, payload = _event(req)
+    row = {
+        "id": event.id,
+        "type": event.type,
+        "created": utcnow(),
+        "livemode": event.livemode,
+        "outcome": "ignored",
+        "payload": payload,
+        "received_at": utcnow(),
+    }
+    with session_scope() as session:
+        new = insert_new(session, StripeEvent, [row], key="id")
+    return StripeWebhookReceipt(event_id=event.id, duplicate=not new, outcome="ignored")
+
+
+@functions_framework.http
+def verify_only(request: flask.Request) -> flask.Response:
+    return only.dispatch(request)
+
+
+@functions_framework.http
+def verify_and_insert(request: flask.Request) -> flask.Response:
+    return insert.dispatch(request)
