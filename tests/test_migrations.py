@@ -1,0 +1,218 @@
+"""Migrations are safe for a deployed fleet: one line of history; every revision upgrades and
+downgrades one step at a time on PostgreSQL — with rows in the tables, as in production — and
+each downgrade restores exactly the schema of the revision before; the head revision builds
+exactly the schema the models describe, on PostgreSQL and on SQLite.
+
+(Cloud Build migrates before it deploys, so the running functions meet the new schema first.)
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import JSON, Boolean, Engine, MetaData, create_engine, func, inspect, select, text
+from sqlalchemy import types as sqltypes
+from sqlalchemy.pool import NullPool
+
+from shared_layer.migrate import alembic_config, current_revision, downgrade, upgrade
+from shared_layer.models import Base
+
+
+def revisions() -> list[str]:
+    """Base first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
+@pytest.fixture
+def fresh_pg(postgres_admin_url: str | None) -> Iterator[Engine]:
+    if not postgres_admin_url:
+        pytest.skip("PostgreSQL is not available here (see tests/conftest.py)")
+    name = f"stratus_migrations_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = create_engine(postgres_admin_url.rsplit("/", 1)[0] + "/" + name, poolclass=NullPool)
+    yield engine
+    engine.dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "postgresql":
+        yield request.getfixturevalue("fresh_pg")
+        return
+    engine = create_engine(f"sqlite:///{tmp_path / 'fresh.db'}", poolclass=NullPool)
+    yield engine
+    engine.dispose()
+
+
+def schema(engine: Engine) -> dict[str, Any]:
+    """Everything a migration can change, as comparable values."""
+    inspector = inspect(engine)
+    tables = {}
+    for table in sorted(set(inspector.get_table_names()) - {"alembic_version"}):
+        tables[table] = {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                for c in inspector.get_columns(table)
+            ],
+            "pk": inspector.get_pk_constraint(table)["constrained_columns"],
+            "fks": sorted(
+                (f["name"], tuple(f["constrained_columns"]), f["referred_table"])
+                for f in inspector.get_foreign_keys(table)
+            ),
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in inspector.get_indexes(table)
+            ),
+            "unique": sorted(u["name"] or "" for u in inspector.get_unique_constraints(table)),
+            "checks": sorted(c["name"] or "" for c in inspector.get_check_constraints(table)),
+        }
+    extra: dict[str, Any] = {}
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            extra["types"] = sorted(
+                conn.execute(
+                    text(
+                        "SELECT typname FROM pg_type t JOIN pg_namespace n ON n.oid = "
+                        "t.typnamespace WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd')"
+                    )
+                ).scalars()
+            )
+            extra["sequences"] = sorted(
+                conn.execute(
+                    text("SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'")
+                ).scalars()
+            )
+    return {"tables": tables, **extra}
+
+
+def _dummy(column: Any, checks: list[str]) -> Any:
+    """A value the column accepts: the first literal a CHECK on it allows, else one of its type."""
+    for check in checks:
+        if column.name in check and (literal := re.search(r"'([^']*)'", check)):
+            return literal[1]
+    kind = column.type
+    if isinstance(kind, sqltypes.Enum) and kind.enums:
+        return kind.enums[0]
+    if isinstance(kind, Boolean):
+        return False
+    if isinstance(kind, sqltypes.Integer | sqltypes.Numeric | sqltypes.Float):
+        return 1
+    if isinstance(kind, sqltypes.DateTime):
+        return datetime.now(UTC)
+    if isinstance(kind, sqltypes.Date):
+        return datetime.now(UTC).date()
+    if isinstance(kind, JSON | sqltypes.JSON):
+        return {}
+    if isinstance(kind, sqltypes.Uuid) or "UUID" in str(kind).upper():
+        return uuid.uuid4()
+    length = getattr(kind, "length", None) or 12
+    return f"m{uuid.uuid4().hex}"[:length]
+
+
+def fill_empty_tables(engine: Engine) -> None:
+    """One row in every empty table, referencing rows of the tables it points at."""
+    metadata = MetaData()
+    metadata.reflect(engine)
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            if table.name == "alembic_version":
+                continue
+            if conn.execute(select(func.count()).select_from(table)).scalar_one():
+                continue
+            checks = [str(c["sqltext"]) for c in inspector.get_check_constraints(table.name)]
+            row: dict[str, Any] = {}
+            for column in table.columns:
+                fks = list(column.foreign_keys)
+                optional = column.nullable or column.server_default is not None
+                generated = column.primary_key and isinstance(column.type, sqltypes.Integer)
+                if fks:
+                    target = fks[0].column
+                    row[column.name] = conn.execute(select(target).limit(1)).scalar_one()
+                elif not (optional or generated):
+                    row[column.name] = _dummy(column, checks)
+            conn.execute(table.insert().values(**row))
+
+
+def row_counts(engine: Engine) -> dict[str, int]:
+    metadata = MetaData()
+    metadata.reflect(engine)
+    with engine.connect() as conn:
+        return {
+            t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in metadata.sorted_tables
+            if t.name != "alembic_version"
+        }
+
+
+def test_the_history_is_one_line_from_base_to_a_single_head():
+    script = ScriptDirectory.from_config(alembic_config())
+    ordered = revisions()
+
+    assert len(script.get_heads()) == 1
+    assert len(script.get_bases()) == 1
+    for previous, revision in zip([None, *ordered], ordered, strict=False):
+        assert script.get_revision(revision).down_revision == previous
+
+
+def test_each_migration_goes_up_and_down_one_step_at_a_time_on_postgresql_with_rows(fresh_pg):
+    ordered = revisions()
+    before: dict[str | None, dict[str, Any]] = {None: schema(fresh_pg)}
+    for revision in ordered:  # up, one step at a time, with a row in every table
+        fill_empty_tables(fresh_pg)
+        upgrade(fresh_pg, revision)
+        assert current_revision(fresh_pg) == revision
+        before[revision] = schema(fresh_pg)
+    fill_empty_tables(fresh_pg)
+    kept = row_counts(fresh_pg)
+
+    for revision, previous in reversed(list(zip(ordered, [None, *ordered], strict=False))):
+        downgrade(fresh_pg, previous or "base")  # down, one step at a time, rows and all
+        assert current_revision(fresh_pg) == previous
+        assert schema(fresh_pg) == before[previous], f"downgrade of {revision} left a difference"
+
+    assert before[None]["tables"] == {}
+    assert inspect(fresh_pg).get_table_names() == ["alembic_version"]
+    upgrade(fresh_pg)  # and up again from nothing
+    assert schema(fresh_pg) == before[ordered[-1]]
+    assert set(kept) == set(row_counts(fresh_pg))
+
+
+def test_upgrading_keeps_the_rows_already_there(fresh_pg):
+    first = revisions()[0]
+    upgrade(fresh_pg, first)
+    fill_empty_tables(fresh_pg)
+    counts = row_counts(fresh_pg)
+
+    upgrade(fresh_pg)
+
+    after = row_counts(fresh_pg)
+    assert {table: after[table] for table in counts} == counts
+
+
+def test_the_head_revision_builds_exactly_the_schema_the_models_describe(fresh):
+    upgrade(fresh)
+
+    with fresh.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        differences = compare_metadata(context, Base.metadata)
+
+    assert differences == []
+    assert set(inspect(fresh).get_table_names()) == {*Base.metadata.tables, "alembic_version"}
