@@ -6,7 +6,12 @@ process start to its first 2xx answer on a real route; then the peak RSS (VmHWM)
 tree is read. The median of several runs is compared with `bench/hello/main.py` measured in the
 same run, against the targets below. It is a measurement: it never fails on a missed target.
 
-    .venv/bin/python bench/coldstart.py [--runs 5] [--only auth,health]
+    .venv/bin/python bench/coldstart.py [--runs 5] [--only auth,health] [--bundles]
+
+`--bundles` starts each function as deployed instead: from the bundle `stratus bundle` builds,
+in its own virtualenv installed from the bundle's requirements.txt alone, its working
+directory the bundle; hello then runs in a virtualenv holding functions-framework and its
+dependencies only (stratus/bundle_env.py; the first run fills the wheel cache).
 
 Routes: hello `GET /`, health `GET /`, auth `POST /register` (a new email each run), agents
 `GET /agents` (a token made for the bench), task_runner the binary-mode CloudEvent Eventarc
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -71,6 +77,47 @@ def free_port() -> int:
 
 def source_of(name: str) -> Path:
     return ROOT / ("bench/hello" if name == BASELINE else f"functions/{name}") / "main.py"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a function starts: which functions-framework (so which interpreter and packages),
+    which source file, from which working directory."""
+
+    executable: Path
+    source: Path
+    cwd: Path
+
+
+def dev_launch(name: str) -> Launch:
+    return Launch(Path(sys.executable).with_name("functions-framework"), source_of(name), ROOT)
+
+
+def bundle_launches(names: list[str], workdir: Path) -> dict[str, Launch]:
+    """Each function from its bundle, in a virtualenv of its own requirements.txt; hello in one
+    holding functions-framework and what it needs, nothing else."""
+    from packaging.requirements import Requirement
+
+    from stratus.bundle import build_bundles
+    from stratus.bundle_env import create_venv, default_wheelhouse, ensure_wheels, pinned
+    from stratus.pins import read_constraints, requirements_txt, resolve
+
+    out = workdir / "build"
+    directories = {b.name: b.directory for b in build_bundles(names, out=out)}
+    hello = directories[BASELINE] = out / BASELINE
+    hello.mkdir()
+    shutil.copy(source_of(BASELINE), hello / "main.py")
+    pins = resolve([Requirement("functions-framework")], read_constraints(ROOT / "constraints.txt"))
+    (hello / "requirements.txt").write_text(requirements_txt(BASELINE, pins))
+    wheelhouse = default_wheelhouse()
+    wanted = {line for d in directories.values() for line in pinned(d / "requirements.txt")}
+    ensure_wheels(wanted, wheelhouse)
+    launches = {}
+    for name, directory in directories.items():
+        python = create_venv(workdir / "venvs" / name, directory / "requirements.txt", wheelhouse)
+        executable = python.with_name("functions-framework")
+        launches[name] = Launch(executable, directory / "main.py", directory)
+    return launches
 
 
 class Fixtures:
@@ -207,19 +254,19 @@ def first_2xx(
         return ready, elapsed
 
 
-def measure(name: str, probe: Probe, env: dict[str, str], log: Path) -> Sample:
+def measure(name: str, probe: Probe, env: dict[str, str], log: Path, launch: Launch) -> Sample:
     port = free_port()
     command = [
-        str(Path(sys.executable).with_name("functions-framework")),
+        str(launch.executable),
         "--target", name,
-        "--source", str(source_of(name)),
+        "--source", str(launch.source),
         "--host", "127.0.0.1",
         "--port", str(port),
     ]  # fmt: skip
     with log.open("ab") as out:
         started = time.perf_counter()
         process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=out, stderr=out, start_new_session=True
+            command, env=env, cwd=launch.cwd, stdout=out, stderr=out, start_new_session=True
         )
     try:
         ready_ms, ms = first_2xx(port, probe, started, process)
@@ -289,6 +336,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="measured runs per function")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (pyc, disk)")
     parser.add_argument("--only", default="", help="comma-separated functions (hello always runs)")
+    parser.add_argument(
+        "--bundles", action="store_true", help="start the built bundles, each in its own virtualenv"
+    )
     args = parser.parse_args()
     names = [n for n in FUNCTIONS if not args.only or n in args.only.split(",")]
     names = [n for n in names if source_of(n).exists()]
@@ -300,6 +350,11 @@ def main() -> int:
         env = child_env(workdir, fake.base_url)
         fixtures = Fixtures(env)
         log = workdir / "functions.log"
+        launches = (
+            bundle_launches(names, workdir)
+            if args.bundles
+            else {name: dev_launch(name) for name in [BASELINE, *names]}
+        )
         probes = {name: probe_for(name, fixtures) for name in [BASELINE, *names]}
         results: dict[str, list[Sample]] = {name: [] for name in probes}
         errors: dict[str, str] = {}
@@ -308,7 +363,7 @@ def main() -> int:
                 if name in errors:
                     continue
                 try:
-                    sample = measure(name, probe(), env, log)
+                    sample = measure(name, probe(), env, log, launches[name])
                 except RuntimeError as exc:
                     errors[name] = str(exc)
                     results.pop(name, None)
@@ -319,6 +374,8 @@ def main() -> int:
             print(f"hello world failed: {errors[BASELINE]}\n{log.read_text()[-3000:]}")
             return 0
         print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, SQLite, bcrypt rounds 4")
+        where = "bundles, each in its own virtualenv" if args.bundles else "the checkout (.venv)"
+        print(f"functions started from {where}")
         print(report(results, args.runs))
         for name, error in errors.items():
             print(f"{name}: FAILED: {error}")
