@@ -42,7 +42,7 @@ LOAD = """
 INSERT INTO api_call_metrics
     (created_at, function, route, method, status_code, duration_ms, user_id, execution_id)
 SELECT
-    CAST(:now AS timestamptz) - (:rows - g) * (CAST(:span AS interval) / :rows),
+    CAST(:now AS timestamptz) - (:rows - g + 1) * (CAST(:span AS interval) / :rows),
     (ARRAY['agents', 'auth', 'health', 'billing'])[1 + mod(g, 4)],
     (ARRAY['/agents', '/agents/{agent_id}', '/tasks/{task_id}', '/login'])[1 + mod(g, 4)],
     (ARRAY['GET', 'POST', 'PATCH'])[1 + mod(g, 3)],
