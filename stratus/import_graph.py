@@ -52,8 +52,13 @@ class _Unit:
     module: str
     name: str | None  # None: the module's top level
     decorated: bool
+    method: bool = False  # defined in a class: reached through any attribute of that name
     imports: list[ast.Import | ast.ImportFrom] = field(default_factory=list)
-    names: set[str] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)  # every name and attribute the code uses
+    # What can call a module-level function: a bare name, or an attribute of an imported
+    # module (`agent_service.create_agent`); `settings.email_backend` calls no function.
+    calls: set[str] = field(default_factory=set)
+    attributes: list[tuple[str, str]] = field(default_factory=list)  # (base name, attribute)
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -86,6 +91,17 @@ def _hands_over(node: _Def, in_class: bool) -> bool:
     return False
 
 
+def _aliases(tree: ast.Module) -> set[str]:
+    """The names imports bind anywhere in the module."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.update(a.asname or a.name for a in node.names)
+    return found
+
+
 def _units(module: str, tree: ast.Module) -> list[_Unit]:
     top = _Unit(module, None, False)
     units = [top]
@@ -102,7 +118,7 @@ def _units(module: str, tree: ast.Module) -> list[_Unit]:
         if isinstance(node, _Def):
             for decorator in node.decorator_list:  # decorators run where the def is
                 visit_one(decorator, unit)
-            inner = _Unit(module, node.name, _hands_over(node, in_class))
+            inner = _Unit(module, node.name, _hands_over(node, in_class), method=in_class)
             units.append(inner)
             visit(node.args, inner)
             for statement in node.body:
@@ -116,8 +132,14 @@ def _units(module: str, tree: ast.Module) -> list[_Unit]:
             return
         if isinstance(node, ast.Import | ast.ImportFrom):
             unit.imports.append(node)  # importing a name calls nothing: its uses count
-        elif isinstance(node, ast.Name | ast.Attribute):
-            name = node.id if isinstance(node, ast.Name) else node.attr
+        elif isinstance(node, ast.Name | ast.Attribute) and isinstance(node.ctx, ast.Load):
+            if isinstance(node, ast.Name):
+                name = node.id
+                unit.calls.add(name)
+            else:
+                name = node.attr
+                if isinstance(node.value, ast.Name):
+                    unit.attributes.append((node.value.id, name))
             unit.names.add(name)
             if name in IMPLIED_IMPORTS:
                 unit.imports.append(ast.Import(names=[ast.alias(name=IMPLIED_IMPORTS[name])]))
@@ -125,6 +147,9 @@ def _units(module: str, tree: ast.Module) -> list[_Unit]:
 
     for statement in tree.body:
         visit_one(statement, top)
+    aliases = _aliases(tree)
+    for unit in units:
+        unit.calls.update(attr for base, attr in unit.attributes if base in aliases)
     return units
 
 
@@ -166,7 +191,7 @@ def _with_parents(module: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _runs(unit: _Unit, entry: str, used: set[str], used_here: set[str]) -> bool:
+def _runs(unit: _Unit, entry: str, used: set[str], called: set[str], here: set[str]) -> bool:
     """Whether the unit's code can run. A private name (`_client`) counts only where its own
     module uses it: `self._client` in one module does not call `_client()` in another."""
     if unit.name is None or unit.module == entry or unit.decorated:
@@ -174,7 +199,9 @@ def _runs(unit: _Unit, entry: str, used: set[str], used_here: set[str]) -> bool:
     name = unit.name
     if name.startswith("__") and name.endswith("__"):
         return True
-    return name in used_here if name.startswith("_") else name in used
+    if name.startswith("_"):
+        return name in here
+    return name in (used if unit.method else called)
 
 
 def reach(root: Path, function: str) -> Reach:
@@ -195,17 +222,19 @@ def reach(root: Path, function: str) -> Reach:
     load(entry, root / "functions" / function / "main.py")
     done: set[int] = set()
     used: set[str] = set()
+    called: set[str] = set()
     progress = True
     while progress:
         progress = False
         for index, unit in enumerate(list(units)):
             if index in done:
                 continue
-            if not _runs(unit, entry, used, result.names.get(unit.module, set())):
+            if not _runs(unit, entry, used, called, result.names.get(unit.module, set())):
                 continue
             done.add(index)
             progress = True
             used |= unit.names
+            called |= unit.calls
             result.names.setdefault(unit.module, set()).update(unit.names)
             for node in unit.imports:
                 if isinstance(node, ast.ImportFrom) and node.module:  # `from m import _f`
