@@ -99,7 +99,7 @@ def bundle_launches(names: list[str], workdir: Path) -> dict[str, Launch]:
     from packaging.requirements import Requirement
 
     from stratus.bundle import build_bundles
-    from stratus.bundle_env import create_venv, default_wheelhouse, ensure_wheels, pinned
+    from stratus.bundle_env import default_wheelhouse, ensure_wheels, pinned, venv_for
     from stratus.pins import read_constraints, requirements_txt, resolve
 
     out = workdir / "build"
@@ -114,7 +114,7 @@ def bundle_launches(names: list[str], workdir: Path) -> dict[str, Launch]:
     ensure_wheels(wanted, wheelhouse)
     launches = {}
     for name, directory in directories.items():
-        python = create_venv(workdir / "venvs" / name, directory / "requirements.txt", wheelhouse)
+        python = venv_for(directory / "requirements.txt", wheelhouse)
         executable = python.with_name("functions-framework")
         launches[name] = Launch(executable, directory / "main.py", directory)
     return launches

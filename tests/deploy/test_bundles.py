@@ -10,8 +10,9 @@ PostgreSQL through pg8000 (SQLite where no PostgreSQL runs). And each bundle ope
 engine through the connector, as every deployed function does on its first query. A library
 missing from a bundle, or code reaching outside it, fails here rather than in production.
 
-About a minute; the first run fills the wheel cache (`STRATUS_WHEELHOUSE`, default
-~/.cache/stratus/wheelhouse) from the package index.
+About a minute the first time: it fills the wheel cache (`STRATUS_WHEELHOUSE`, default
+~/.cache/stratus/wheelhouse) from the package index and makes the environments, which later
+runs reuse while they hold exactly the bundles' pins (stratus/bundle_env.py).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from stratus.bundle import Bundle, build_bundles, discover
-from stratus.bundle_env import create_venv, default_wheelhouse, ensure_wheels, pinned
+from stratus.bundle_env import default_wheelhouse, ensure_wheels, pinned, venv_for
 from tests.conftest import BASE_ENV, ROOT
 
 pytestmark = pytest.mark.deploy
@@ -54,21 +55,14 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
 
 
 @pytest.fixture(scope="module")
-def venvs(bundles: dict[str, Bundle], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """name -> the python of a new virtual environment holding only that bundle's pins."""
+def venvs(bundles: dict[str, Bundle]) -> dict[str, Path]:
+    """name -> the python of a virtual environment holding exactly that bundle's pins (made
+    from its requirements.txt alone; kept between runs while it still holds exactly those)."""
     wheelhouse = default_wheelhouse()
-    ensure_wheels(
-        {line for b in bundles.values() for line in pinned(b.directory / "requirements.txt")},
-        wheelhouse,
-    )
-    root = tmp_path_factory.mktemp("venvs")
+    requirements = {name: b.directory / "requirements.txt" for name, b in bundles.items()}
+    ensure_wheels({line for path in requirements.values() for line in pinned(path)}, wheelhouse)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {
-            name: pool.submit(
-                create_venv, root / name, b.directory / "requirements.txt", wheelhouse
-            )
-            for name, b in bundles.items()
-        }
+        futures = {n: pool.submit(venv_for, path, wheelhouse) for n, path in requirements.items()}
         return {name: future.result() for name, future in futures.items()}
 
 
@@ -151,7 +145,9 @@ def serving(name: str, python: Path, bundle: Bundle, env: dict[str, str]) -> Ite
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     try:
-        os.killpg(process.pid, signal.SIGTERM)  # the session this test started, by its id
+        # gunicorn's quick shutdown (SIGTERM waits for a graceful one), to the session this
+        # test started, by its id
+        os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=10)
     except ProcessLookupError:
         process.wait()
