@@ -6,12 +6,21 @@ cold start never imports them, so a missing one shows only in production, on the
 that needs it. Starting a bundle proves its eager imports; this walk finds the lazy ones.
 
 Following every import of every module reached would drag in the whole shared layer (a few
-facades lazily import everything), so the walk follows code, by name: from
-`functions/<name>/main.py`, a module's top-level code runs when it is imported; a function or
-method is reachable when its name is used in reachable code (or it is decorated: frameworks
-call those), and its imports and attribute reads then count. Names are matched without
-types, so the result errs on the side of too much, never too little, short of `getattr` with
-a computed name. Imports under `if TYPE_CHECKING:` never run and are skipped.
+facades lazily import everything), so the walk follows code, by name, from
+`functions/<name>/main.py`:
+
+- a module's top-level code runs when the module is imported;
+- a module-level function runs when reachable code names it, bare (`f()`, `handlers = [f]`,
+  `g()` after `from m import f as g`) or through an imported module (`service.f()`); a
+  method when any attribute of that name is read (`obj.f`), since objects have no types here;
+  a private `_f` only when its own module names it;
+- a function registered by a decorator that is an attribute of something (`@router.route`,
+  `@functions_framework.http`, `@event.listens_for`) runs, and so does every decorated method
+  (pydantic validators, settings hooks); a bare-name decorator (`@lru_cache`) only wraps;
+- the imports and attribute reads of what runs count; `if TYPE_CHECKING:` imports never run.
+
+Names are matched without types, so the result errs on the side of too much, short of
+`getattr` with a computed name.
 """
 
 from __future__ import annotations
@@ -91,15 +100,18 @@ def _hands_over(node: _Def, in_class: bool) -> bool:
     return False
 
 
-def _aliases(tree: ast.Module) -> set[str]:
-    """The names imports bind anywhere in the module."""
+def _aliases(tree: ast.Module) -> tuple[set[str], dict[str, str]]:
+    """The names imports bind anywhere in the module, and the renamed ones' original names
+    (`from m import f as g`: a call of g is a call of f)."""
     found: set[str] = set()
+    renamed: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update((a.asname or a.name).split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             found.update(a.asname or a.name for a in node.names)
-    return found
+            renamed.update({a.asname: a.name for a in node.names if a.asname})
+    return found, renamed
 
 
 def _units(module: str, tree: ast.Module) -> list[_Unit]:
@@ -147,9 +159,10 @@ def _units(module: str, tree: ast.Module) -> list[_Unit]:
 
     for statement in tree.body:
         visit_one(statement, top)
-    aliases = _aliases(tree)
+    aliases, renamed = _aliases(tree)
     for unit in units:
         unit.calls.update(attr for base, attr in unit.attributes if base in aliases)
+        unit.calls.update(renamed[name] for name in list(unit.calls) if name in renamed)
     return units
 
 
