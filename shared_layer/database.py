@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared_layer.config import get_settings
+from shared_layer.dbapi import cloud_sql_connection
 
 logger = logging.getLogger(__name__)
 
@@ -51,20 +52,11 @@ def _cloud_sql_engine() -> Engine:
     from google.cloud.sql.connector import Connector
 
     settings = get_settings()
-    instance = settings.cloud_sql_instance
-    assert instance, "only called when CLOUD_SQL_INSTANCE is set"
+    assert settings.cloud_sql_instance, "only called when CLOUD_SQL_INSTANCE is set"
     connector = Connector(refresh_strategy="lazy")
-    password = settings.db_password.get_secret_value() if settings.db_password else None
 
     def connect() -> Any:
-        return connector.connect(
-            instance,
-            "pg8000",
-            user=settings.db_user,
-            password=password,
-            db=settings.db_name,
-            enable_iam_auth=settings.cloud_sql_iam_auth,
-        )
+        return cloud_sql_connection(connector, settings)  # the arguments health probes with too
 
     return create_engine(
         "postgresql+pg8000://",

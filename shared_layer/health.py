@@ -9,6 +9,15 @@ cloud) its API is also probed with a free `GET /models`, cached (shared_layer/ll
 never through `openai`. Pub/Sub is reported as configured or not: building the client would
 import gRPC, and publishing a test message would start a task run.
 
+Health must also start fast: uptime checks and load balancers call it, often on a cold
+instance. So the report imports neither SQLAlchemy nor Alembic (together they cost more import
+time than the rest of a health cold start): the probe opens a plain DBAPI connection to the
+configured database (shared_layer/dbapi.py: sqlite3, pg8000 or the Cloud SQL connector, with
+the probe's timeout), runs `SELECT 1` and reads `alembic_version` itself, and the head revision
+comes from the migration files (shared_layer/migration_files.py; a test holds it equal to
+Alembic's). Each check opens a connection and closes it: a pool would outlive the check, and
+could answer from a connection the database has since dropped.
+
 Overall status: `down` when the database does not answer or production refuses the
 configuration (either way no function can serve), `degraded` when any other component is
 not `ok`, else `ok`.
@@ -17,20 +26,22 @@ not `ok`, else `ok`.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, SecretStr
-from sqlalchemy import Connection, Engine, inspect, text
-from sqlalchemy.engine import make_url
 
+from shared_layer import dbapi
 from shared_layer.config import ConfigError, Settings, get_settings, production_problems
+from shared_layer.migration_files import migration_graph
+
+logger = logging.getLogger(__name__)
 
 DATABASE_CHECK_TIMEOUT_SECONDS = 5.0
 _DETAIL_MAX_CHARS = 300
@@ -199,13 +210,14 @@ def _check_pubsub(settings: Settings) -> PubSubHealth:
 def _check_database(
     settings: Settings, *, timeout: float
 ) -> tuple[DatabaseHealth, MigrationsHealth]:
-    from shared_layer.database import get_engine
-
     head = _head()
     dialect = _dialect(settings)
     probe = _Probe()
     worker = threading.Thread(
-        target=_probe_database, args=(get_engine, probe), name="health-db-probe", daemon=True
+        target=_probe_database,
+        args=(settings, dialect, probe, timeout),
+        name="health-db-probe",
+        daemon=True,
     )
     worker.start()
     worker.join(timeout)
@@ -221,25 +233,39 @@ def _check_database(
     )
 
 
-def _probe_database(engine_factory: Callable[[], Engine], probe: _Probe) -> None:
-    """SELECT 1 (timed) and the Alembic revision; runs on the probe thread."""
+def _probe_database(settings: Settings, dialect: str, probe: _Probe, timeout: float) -> None:
+    """Connect and SELECT 1 (timed together), then read the Alembic revision; runs on the
+    probe thread."""
     try:
-        engine = engine_factory()
         started = time.perf_counter()
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        connection = dbapi.connect(settings, timeout=timeout)
+        try:
+            cursor = connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
             probe.latency_ms = round((time.perf_counter() - started) * 1000, 2)
-            probe.current = _current_revision(connection)
+            probe.current = _current_revision(cursor, dialect)
+        finally:
+            connection.close()
     except Exception as exc:  # health reports every failure; it never raises
         probe.error = f"{type(exc).__name__}: {_first_line(exc)}"
     probe.done = True
 
 
-def _current_revision(connection: Connection) -> str | None:
-    """The Alembic revision, read directly: alembic's MigrationContext logs on every call."""
-    if not inspect(connection).has_table("alembic_version"):
+# Whether the version table exists where the unqualified SELECT below looks for it.
+_VERSION_TABLE_EXISTS = {
+    "sqlite": "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='alembic_version'",
+    "postgresql": "SELECT to_regclass('alembic_version') IS NOT NULL",
+}
+
+
+def _current_revision(cursor: Any, dialect: str) -> str | None:
+    """The Alembic revision, read as Alembic stores it; None before the first migration."""
+    cursor.execute(_VERSION_TABLE_EXISTS[dialect])
+    if not cursor.fetchone()[0]:
         return None
-    rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    cursor.execute("SELECT version_num FROM alembic_version")
+    rows = [str(row[0]) for row in cursor.fetchall()]
     return ",".join(sorted(rows)) or None  # several rows only with several heads
 
 
@@ -255,36 +281,38 @@ def _migration_status(current: str | None, head: str | None) -> Literal["ok", "b
     return "unknown"  # a revision this code does not know: the database is newer, or foreign
 
 
-@lru_cache(maxsize=1)
 def _head() -> str | None:
-    from shared_layer.migrate import head_revision
+    try:
+        return migration_graph().head
+    except Exception:  # a migration file health cannot read: report no head rather than fail
+        logger.exception("could not read the migration files' head revision")
+        return None
 
-    return head_revision()
 
-
-@lru_cache(maxsize=1)
 def _known_revisions() -> frozenset[str]:
-    from alembic.script import ScriptDirectory
-
-    from shared_layer.migrate import alembic_config
-
-    script = ScriptDirectory.from_config(alembic_config())
-    return frozenset(rev.revision for rev in script.walk_revisions())
+    try:
+        return migration_graph().revisions
+    except Exception:
+        return frozenset()
 
 
 def _dialect(settings: Settings) -> str:
     if settings.cloud_sql_instance:
         return "postgresql"
     try:
-        return make_url(settings.database_url).get_backend_name()
-    except Exception:  # a malformed URL is reported by the probe, not here
+        return dbapi.backend_name(settings.database_url)
+    except ValueError:  # a malformed URL is reported by the probe, not here
         return "unknown"
 
 
 def _version() -> str:
     """`STRATUS_VERSION` (set by the build), else the installed package's, else unknown."""
-    if os.environ.get("STRATUS_VERSION"):
-        return os.environ["STRATUS_VERSION"]
+    return os.environ.get("STRATUS_VERSION") or _installed_version()
+
+
+@lru_cache(maxsize=1)
+def _installed_version() -> str:
+    """Looked up once: it scans the installed distributions (milliseconds per request)."""
     try:
         return importlib.metadata.version("stratus")
     except importlib.metadata.PackageNotFoundError:
@@ -292,8 +320,13 @@ def _version() -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    # SQLAlchemy appends the statement and a documentation link on later lines.
-    message = str(getattr(exc, "orig", None) or exc).strip()
+    """The first line of the error; for a PostgreSQL error (pg8000 carries the server's fields
+    as a dict), its message."""
+    fields = exc.args[0] if len(exc.args) == 1 else None
+    if isinstance(fields, dict) and isinstance(fields.get("M"), str):
+        message = fields["M"]
+    else:
+        message = str(exc).strip()
     return message.splitlines()[0] if message else ""
 
 
@@ -304,10 +337,7 @@ def _redact(message: str, settings: Settings) -> str:
         for value in vars(settings).values()
         if isinstance(value, SecretStr) and value.get_secret_value()
     ]
-    try:
-        password = make_url(settings.database_url).password
-    except Exception:
-        password = None
+    password = dbapi.url_password(settings.database_url)
     if password:
         secrets.append(str(password))
     for secret in sorted(secrets, key=len, reverse=True):

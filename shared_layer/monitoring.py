@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from shared_layer.config import get_settings
@@ -171,11 +172,11 @@ def record_api_call(call: ApiCall, *, duration_ms: float) -> bool:
         "user_id": call.user_id,
         "execution_id": call.execution_id[:100] if call.execution_id else None,
     }
+    # Not models.utcnow: queueing a row must not import SQLAlchemy; only a flush writes.
     from shared_layer.metrics_buffer import api_calls
-    from shared_layer.models import utcnow
 
     try:
-        api_calls.add({**values, "created_at": utcnow()})
+        api_calls.add({**values, "created_at": datetime.now(UTC)})
     except Exception:  # never fails the request (the write itself logs its own failures)
         logger.warning("could not queue the metric of %s %s", call.method, call.route)
         return False

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from shared_layer.health import DATABASE_CHECK_TIMEOUT_SECONDS, check_health
 from shared_layer.migrate import downgrade, head_revision, upgrade
-from tests.conftest import FUNCTIONS, ROOT
+from tests.support.cold_imports import first_request_imports, migrated_sqlite
 
 # What production needs besides the settings it refuses to start without, for an `ok` report.
 PRODUCTION_EXTRAS = {
@@ -262,6 +260,55 @@ def test_health_never_returns_a_secret_value(environment, settings_env, client):
         assert value not in text_
 
 
+@pytest.fixture
+def unreachable_google_credentials(tmp_path: Path) -> Iterator[Path]:
+    """A service-account key whose token endpoint refuses connections (no Google here)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path = tmp_path / "service-account.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "stratus-health",
+                "private_key_id": "k1",
+                "private_key": key.decode(),
+                "client_email": "health@stratus-health.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": f"http://127.0.0.1:{_closed_port()}/token",
+            }
+        )
+    )
+    yield path
+    from shared_layer.dbapi import reset_cloud_sql_connector
+
+    reset_cloud_sql_connector()
+
+
+def test_with_cloud_sql_the_probe_goes_through_the_connector(
+    settings_env, client, unreachable_google_credentials
+):
+    """CLOUD_SQL_INSTANCE set: the probe connects through the Cloud SQL connector, whose first
+    step (a token for the service account) fails here; reported as the database down, with the
+    reason and without the password."""
+    settings_env(
+        CLOUD_SQL_INSTANCE="stratus-health:europe-west1:stratus",
+        DB_PASSWORD="dbpw-" + uuid.uuid4().hex,
+        GOOGLE_APPLICATION_CREDENTIALS=str(unreachable_google_credentials),
+        MONITORING_ENABLED="false",  # the request's metric row would try Cloud SQL too
+    )
+    r = client("health").get("/")
+    assert r.status_code == 503, r.get_data(as_text=True)
+    database = r.json["components"]["database"]
+    assert (database["status"], database["dialect"]) == ("down", "postgresql")
+    assert "/token" in database["detail"]  # the connector asked for credentials
+    assert os.environ["DB_PASSWORD"] not in r.get_data(as_text=True)
+
+
 def test_head_answers_the_status_without_a_body(db, client):
     r = client("health").head("/")
     assert r.status_code == 200
@@ -283,34 +330,30 @@ def test_unknown_path_is_a_404_problem(client):
     assert "/metrics/nope" in r.json["detail"]
 
 
-_IMPORT_PROBE = """
-import json, sys
-import functions_framework
-app = functions_framework.create_app(target="health", source=sys.argv[1])
-response = app.test_client().get("/")
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("openai", "stripe")
-               or m.startswith(("google.cloud.pubsub", "google.cloud.secretmanager")))
-print(json.dumps({"status": response.status_code, "heavy": heavy}))
-"""
+def test_health_report_imports_no_sqlalchemy_alembic_models_openai_pubsub_or_stripe(tmp_path):
+    """The report probes the database through the DBAPI and reads the head from the migration
+    files, and its API-call metric is only queued: a cold health check loads none of these."""
+    url = migrated_sqlite(tmp_path)
 
+    cold = first_request_imports(
+        "health", env={"DATABASE_URL": url, "LOG_LEVEL": "ERROR"}, cwd=tmp_path
+    )
 
-def test_health_imports_no_openai_pubsub_or_stripe(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SECRET_MANAGER"))}
-    env.update(
-        DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}", STRATUS_ENV="local", LOG_LEVEL="ERROR"
+    assert cold.status == 200, cold.body  # the function really ran, and read the revision
+    assert json.loads(cold.body)["components"]["migrations"]["status"] == "ok"
+    heavy = (
+        "sqlalchemy",
+        "alembic",
+        "mako",
+        "shared_layer.models",
+        "shared_layer.database",
+        "openai",
+        "stripe",
+        "google.cloud.pubsub",
+        "google.cloud.secretmanager",
+        "grpc",
     )
-    done = subprocess.run(
-        [sys.executable, "-c", _IMPORT_PROBE, str(FUNCTIONS / "health" / "main.py")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(ROOT)},
-        timeout=60,
-        check=True,
-    )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["status"] == 200  # the function really ran
-    assert result["heavy"] == []
+    assert cold.loaded(heavy) == []
 
 
 # -- Pub/Sub, the production LLM probe, incomplete production settings ---------------------
