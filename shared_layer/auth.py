@@ -8,6 +8,10 @@ password-reset token from passing as an access token. A password-reset token car
 the password hash it was issued against, so it stops working once the password changes
 (one use). Refresh tokens are opaque random strings; only their SHA-256 is stored (see
 `shared_layer.services.accounts`).
+
+PyJWT is imported where a token is made or checked, not with this module: it loads
+`cryptography` for the asymmetric algorithms (~20 ms of a cold start) and registration, which
+imports this module to hash the password, issues no token.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import bcrypt
-import jwt
 
 from shared_layer.config import get_settings
 from shared_layer.errors import InvalidInput, Unauthorized
@@ -102,6 +105,8 @@ def _encode(claims: dict[str, Any], ttl: timedelta) -> str:
         "exp": now + ttl,
         "jti": secrets.token_urlsafe(16),
     }
+    import jwt
+
     return jwt.encode(
         payload, settings.jwt_secret.get_secret_value(), algorithm=settings.jwt_algorithm
     )
@@ -132,6 +137,8 @@ def create_email_verification_token(*, user_id: uuid.UUID | str, email: str) -> 
 
 def verify_token(token: str, *, expected_type: TokenType = "access") -> TokenPayload:
     """Decode and check a token; any failure is `Unauthorized` saying what was wrong."""
+    import jwt
+
     settings = get_settings()
     try:
         claims = jwt.decode(

@@ -10,7 +10,6 @@ import functions_framework
 
 from shared_layer.database import session_scope
 from shared_layer.http import ApiRequest, Router, json_response
-from shared_layer.pubsub import publish_task
 from shared_layer.schemas.agents import (
     AgentCreate,
     AgentPublic,
@@ -106,6 +105,8 @@ def submit_task(req: ApiRequest) -> flask.Response:
 
 
 def _publish(task_id: uuid.UUID) -> None:
+    from shared_layer.pubsub import publish_task  # only a submission publishes (tenacity, …)
+
     try:
         publish_task(task_id)
     except Exception:  # the task is stored; a failed publish must not turn into an error reply

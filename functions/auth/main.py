@@ -18,7 +18,6 @@ from shared_layer.schemas.accounts import (
     UserPublic,
 )
 from shared_layer.services import accounts
-from shared_layer.services.email import EmailRequest, send_email
 
 logger = logging.getLogger(__name__)
 router = Router("auth")
@@ -42,6 +41,8 @@ def register(req: ApiRequest) -> tuple[UserPublic, int]:
 
 def _send_welcome(user: UserPublic) -> None:
     """After the commit: the account exists whether or not the email can leave."""
+    from shared_layer.services.email import EmailRequest, send_email  # only registration sends
+
     context = {"name": user.full_name} if user.full_name else {}
     try:
         send_email(EmailRequest(user.email, "welcome", context, user.id))

@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 
 from shared_layer.config import get_settings
 from shared_layer.database import session_scope
-from shared_layer.email.sendgrid import OutgoingMessage, send_via_sendgrid
 from shared_layer.email.templates import RenderedEmail, render
 from shared_layer.errors import StratusError
 from shared_layer.idempotency import insert_new
@@ -126,6 +125,8 @@ def send_email(request: EmailRequest) -> SentEmail:
         message_id, status, to = message.id, message.status, message.to_email
     if status != "sending":
         return SentEmail(message_id, status)
+    from shared_layer.email.sendgrid import OutgoingMessage, send_via_sendgrid  # SendGrid only
+
     outgoing = OutgoingMessage(
         to=to,
         subject=rendered.subject,

@@ -24,6 +24,7 @@ from shared_layer.errors import Conflict
 from shared_layer.models import Agent, Task, TaskStep
 from shared_layer.pubsub import LocalPushPublisher, get_publisher, set_local_push_target
 from tests.conftest import function_app, table_counts
+from tests.support.cold_imports import first_request_imports, migrated_sqlite
 from tests.support.fake_pubsub import FakePubSub
 
 PROBLEM = "application/problem+json"
@@ -661,3 +662,39 @@ def test_agent_rows_are_only_written_through_the_owner(db, api, user_token):
         stored = session.get(Agent, uuid.UUID(agent["id"]))
         assert stored is not None
         assert stored.owner_id == owner
+
+
+# -- cold start -----------------------------------------------------------------------------
+
+
+def test_listing_agents_on_a_cold_instance_imports_no_llm_pubsub_stripe_alembic_or_email_check(
+    tmp_path, settings_env, user_token
+):
+    """A cold start and a first authenticated request load what serving it needs: not the
+    publisher (only a submission publishes), the model client, Stripe, Alembic, nor the email
+    validator (agents has no email field; the account bodies that do are built on first use)."""
+    url = migrated_sqlite(tmp_path)
+    settings_env(DATABASE_URL=url)
+    _, token = user_token()
+
+    cold = first_request_imports(
+        "agents",
+        path="/agents",
+        headers={"Authorization": token},
+        env={"DATABASE_URL": url},
+        cwd=tmp_path,
+    )
+
+    assert cold.status == 200, cold.body
+    assert json.loads(cold.body)["total"] == 0
+    heavy = (
+        "openai",
+        "shared_layer.pubsub",
+        "google.cloud.pubsub",
+        "grpc",
+        "tenacity",
+        "stripe",
+        "alembic",
+        "email_validator",
+    )
+    assert cold.loaded(heavy) == []

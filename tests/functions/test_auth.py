@@ -6,8 +6,11 @@ database as it was, and carry no stack trace, password or secret.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 import uuid
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +22,7 @@ from shared_layer.auth import create_email_verification_token, create_password_r
 from shared_layer.database import session_scope
 from shared_layer.models import User
 from tests.conftest import BASE_ENV, table_counts
+from tests.support.cold_imports import first_request_imports, migrated_sqlite
 
 PASSWORD = "Corr3ct-horse-battery"
 PROBLEM_KEYS = {"type", "title", "status", "detail"}
@@ -422,27 +426,33 @@ def test_concurrent_duplicate_registration_gives_one_201_and_one_409(pg, client,
 # -- cold start -----------------------------------------------------------------------------
 
 
-def test_auth_imports_no_llm_pubsub_or_secret_manager_client(tmp_path):
-    """A cold start and a first request load only what auth uses (in a fresh interpreter)."""
-    import os
-    import subprocess
-    import sys
+def test_registering_on_a_cold_instance_imports_no_llm_pubsub_stripe_alembic_or_jwt(tmp_path):
+    """A cold start and a first registration (with its welcome email) load only what
+    registering uses: no token is issued, so not even PyJWT (and the cryptography under it)."""
+    url = migrated_sqlite(tmp_path)
+    body = json.dumps({"email": "cold@example.com", "password": PASSWORD})
 
-    from tests.conftest import FUNCTIONS
-
-    source = str(FUNCTIONS / "auth" / "main.py")
-    heavy = ("openai", "google.cloud.pubsub", "google.cloud.secretmanager", "grpc", "stripe")
-    probe = (
-        "import functions_framework, sys\n"
-        f"app = functions_framework.create_app(target='auth', source={source!r})\n"
-        "assert app.test_client().get('/me').status_code == 401\n"
-        f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SECRET_MANAGER")}
-
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    cold = first_request_imports(
+        "auth",
+        method="POST",
+        path="/register",
+        headers={"Content-Type": "application/json"},
+        body=body,
+        env={"DATABASE_URL": url},
+        cwd=tmp_path,
     )
 
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert cold.status == 201, cold.body
+    with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as stored:  # the welcome went
+        assert stored.execute("SELECT template FROM email_messages").fetchall() == [("welcome",)]
+    heavy = (
+        "openai",
+        "google.cloud.pubsub",
+        "google.cloud.secretmanager",
+        "grpc",
+        "stripe",
+        "alembic",
+        "jwt",
+        "cryptography",
+    )
+    assert cold.loaded(heavy) == []

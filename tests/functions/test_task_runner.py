@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import threading
 import uuid
 
@@ -14,7 +12,8 @@ import pytest
 from shared_layer.database import session_scope
 from shared_layer.eventarc import PUBSUB_EVENT_TYPE, binary_cloudevent, structured_cloudevent
 from shared_layer.models import Task, TaskStep
-from tests.conftest import ROOT, function_app, table_counts
+from tests.conftest import function_app, table_counts
+from tests.support.cold_imports import first_request_imports, migrated_sqlite
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -232,16 +231,30 @@ def test_a_task_submitted_through_the_api_is_run_by_the_local_push(
     assert shown.json["usage"]["total_tokens"] > 0
 
 
-def test_loading_task_runner_imports_neither_openai_nor_auth_libraries():
-    """Cold start: the client library is imported on the first model call, not at load."""
-    code = (
-        "import sys, functions_framework\n"
-        "functions_framework.create_app(target='task_runner', "
-        "source='functions/task_runner/main.py')\n"
-        "loaded = {'openai', 'bcrypt', 'jwt', 'alembic'} & set(sys.modules)\n"
-        "sys.exit(','.join(sorted(loaded)) or 0)\n"
+@pytest.mark.parametrize("llm", ["offline", "openai"])
+def test_a_cold_task_runner_imports_the_model_client_only_to_call_the_model(
+    llm, tmp_path, settings_env, queued_task, request
+):
+    """Cold start: loading imports neither `openai` nor the auth libraries; the first event
+    imports `openai` only when the run calls the model through it."""
+    url = migrated_sqlite(tmp_path)
+    settings_env(DATABASE_URL=url)
+    env = {"DATABASE_URL": url, "LLM_PROVIDER": llm}
+    if llm == "openai":
+        fake = request.getfixturevalue("fake_openai")
+        env |= {"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "test-key"}
+    task_id = queued_task("Say hello").task_id
+    headers, body = event_for(task_id)
+
+    cold = first_request_imports(
+        "task_runner", method="POST", headers=headers, body=body.decode(), env=env, cwd=tmp_path
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
+
+    assert cold.status == 200, cold.body
+    assert load(task_id)[0].status == "succeeded"
+    never = ("bcrypt", "jwt", "alembic", "stripe", "google.cloud.pubsub", "grpc", "email_validator")
+    assert cold.loaded(("openai", *never), at_load=True) == []
+    assert cold.loaded(never) == []
+    assert bool(cold.loaded(["openai"])) == (llm == "openai")
+    if llm == "openai":
+        assert fake.chat_requests()  # the model was called through the client
