@@ -6,14 +6,19 @@ process start to its first 2xx answer on a real route; then the peak RSS (VmHWM)
 tree is read. The median of several runs is compared with `bench/hello/main.py` measured in the
 same run, against the targets below. It is a measurement: it never fails on a missed target.
 
-    .venv/bin/python bench/coldstart.py [--runs 5] [--only auth,health] [--bundles]
+    .venv/bin/python bench/coldstart.py [--runs 5] [--only auth,health] [--bundles] [--floors]
 
 `--bundles` starts each function as deployed instead: from the bundle `stratus bundle` builds,
 in its own virtualenv installed from the bundle's requirements.txt alone, its working
 directory the bundle; hello then runs in a virtualenv holding functions-framework and its
 dependencies only (stratus/bundle_env.py; the first run fills the wheel cache).
 
-Routes: hello `GET /`, health `GET /`, auth `POST /register` (a new email each run), agents
+`--floors` adds what bounds the functions from below, each a function of its own under
+bench/floors/: `floor_settings` (the settings only), `floor_orm` (the settings, SQLAlchemy's ORM
+with the models, one query) and `floor_openai` (one chat completion through `openai`, nothing of
+Stratus). No function that uses one of these can start faster than it.
+
+Routes: hello, the floors and health `GET /`, auth `POST /register` (a new email each run), agents
 `GET /agents` (a token made for the bench), task_runner the binary-mode CloudEvent Eventarc
 sends for a freshly queued task, run by the agent against a loopback OpenAI-compatible server
 (tests/support/fake_openai.py). The database is a SQLite file, migrated beforehand.
@@ -43,6 +48,7 @@ sys.path.insert(0, str(ROOT))  # tests.support.fake_openai, when run as a script
 
 BASELINE = "hello"
 FUNCTIONS = ("health", "auth", "agents", "task_runner")
+FLOORS = ("floor_settings", "floor_orm", "floor_openai")  # bench/floors/<name>/main.py
 # name: (max cold start ratio, max peak RSS ratio) to hello
 TARGETS = {
     "health": (2.0, 2.0),
@@ -76,6 +82,8 @@ def free_port() -> int:
 
 
 def source_of(name: str) -> Path:
+    if name in FLOORS:
+        return ROOT / "bench/floors" / name / "main.py"
     return ROOT / ("bench/hello" if name == BASELINE else f"functions/{name}") / "main.py"
 
 
@@ -171,7 +179,7 @@ class Fixtures:
 
 def probe_for(name: str, fixtures: Fixtures) -> Callable[[], Probe]:
     json_type = {"Content-Type": "application/json"}
-    if name in (BASELINE, "health"):
+    if name in (BASELINE, "health", *FLOORS):
         return lambda: Probe("GET", "/")
     if name == "auth":
         return lambda: Probe(
@@ -312,7 +320,7 @@ def report(results: dict[str, list[Sample]], runs: int) -> str:
     lines = [
         f"median of {runs} runs; ready: process start -> port accepts a connection; cold: "
         "process start -> first 2xx;\npeak RSS: largest VmHWM in the process tree",
-        f"{'function':<12} {'ready ms':>8} {'cold ms':>8}  {'vs hello (target)':<24} "
+        f"{'function':<14} {'ready ms':>8} {'cold ms':>8}  {'vs hello (target)':<24} "
         f"{'RSS MB':>7}  vs hello (target)",
     ]
     for name, samples in results.items():
@@ -320,14 +328,13 @@ def report(results: dict[str, list[Sample]], runs: int) -> str:
         ready = statistics.median(s.ready_ms for s in samples)
         mb = statistics.median(s.rss_kb for s in samples) / 1024
         if name == BASELINE:
-            baseline = "1.00x (baseline)"
-            lines.append(f"{name:<12} {ready:8.0f} {ms:8.0f}  {baseline:<24} {mb:7.1f}  {baseline}")
-            continue
-        time_target, rss_target = TARGETS[name]
-        lines.append(
-            f"{name:<12} {ready:8.0f} {ms:8.0f}  {mark(ms / base_ms, time_target):<24} {mb:7.1f}  "
-            f"{mark(mb / base_mb, rss_target)}"
-        )
+            time_ratio = rss_ratio = "1.00x (baseline)"
+        elif name in FLOORS:
+            time_ratio, rss_ratio = f"{ms / base_ms:4.2f}x (floor)", f"{mb / base_mb:4.2f}x (floor)"
+        else:
+            time_target, rss_target = TARGETS[name]
+            time_ratio, rss_ratio = mark(ms / base_ms, time_target), mark(mb / base_mb, rss_target)
+        lines.append(f"{name:<14} {ready:8.0f} {ms:8.0f}  {time_ratio:<24} {mb:7.1f}  {rss_ratio}")
     return "\n".join(lines)
 
 
@@ -339,9 +346,16 @@ def main() -> int:
     parser.add_argument(
         "--bundles", action="store_true", help="start the built bundles, each in its own virtualenv"
     )
+    parser.add_argument(
+        "--floors", action="store_true", help="add the floors in bench/floors (not with --bundles)"
+    )
     args = parser.parse_args()
+    if args.floors and args.bundles:
+        parser.error("the floors are not bundled; run --floors from the checkout")
     names = [n for n in FUNCTIONS if not args.only or n in args.only.split(",")]
     names = [n for n in names if source_of(n).exists()]
+    if args.floors:
+        names = [*FLOORS, *names]
 
     from tests.support.fake_openai import FakeOpenAIServer
 

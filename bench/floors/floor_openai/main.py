@@ -1,0 +1,23 @@
+"""A floor for bench/coldstart.py --floors: one chat completion through the official `openai`
+client (imported on the request, as task_runner does), and nothing of Stratus: what calling
+the model costs a cold instance by itself."""
+
+from __future__ import annotations
+
+import os
+
+import flask
+import functions_framework
+
+
+@functions_framework.http
+def floor_openai(request: flask.Request) -> str:
+    import openai
+
+    client = openai.OpenAI(
+        api_key=os.environ["OPENAI_API_KEY"], base_url=os.environ["OPENAI_BASE_URL"]
+    )
+    reply = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello."}]
+    )
+    return reply.choices[0].message.content or ""
