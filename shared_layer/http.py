@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import flask
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.routing.exceptions import RequestRedirect
 
@@ -165,6 +166,27 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response
+
+
+def framework_problem(exc: HTTPException) -> flask.Response:
+    """A problem+json for what functions-framework itself refuses before our code runs (a
+    body that is not a CloudEvent, a wrong method), instead of its HTML page, which echoes
+    the request's headers back."""
+    error: StratusError
+    if isinstance(exc, WerkzeugMethodNotAllowed):
+        allowed = sorted(exc.valid_methods or [])
+        error = MethodNotAllowed(f"{flask.request.method} is not allowed here", allowed=allowed)
+        return problem_response(problem_for(error), {"Allow": ", ".join(allowed)})
+    if exc.code == 404:
+        error = NotFound(f"no route {flask.request.path}")
+    elif exc.code == 413:
+        error = PayloadTooLarge("the body is over the limit")
+    else:
+        error = InvalidInput(
+            "the request is not a CloudEvent: expected binary mode (ce-* headers) or "
+            "structured mode (application/cloudevents+json)"
+        )
+    return problem_response(problem_for(error, instance=flask.request.path))
 
 
 def json_response(body: Any, status: int = 200) -> flask.Response:

@@ -181,6 +181,31 @@ def test_an_event_that_names_no_task_is_acknowledged_and_logged(db, client, json
     assert line["logging.googleapis.com/labels"]["function"] == "task_runner"
 
 
+@pytest.mark.parametrize(
+    ("method", "headers", "body", "status"),
+    [
+        ("POST", {"Content-Type": "application/json"}, b'{"not": "a cloudevent"}', 400),
+        ("POST", {"Content-Type": "text/plain"}, b"hello", 400),
+        ("GET", {}, b"", 405),
+    ],
+)
+def test_a_request_that_is_not_a_cloudevent_gets_a_problem_that_echoes_nothing(
+    db, client, method, headers, body, status
+):
+    before = table_counts(db)
+    secret = "Bearer do-not-echo-" + uuid.uuid4().hex
+    response = client("task_runner").open(
+        "/", method=method, headers={**headers, "Authorization": secret}, data=body
+    )
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    assert response.json["status"] == status
+    assert secret not in response.get_data(as_text=True)
+    if status == 405:
+        assert response.headers["Allow"] == "POST"
+    assert table_counts(db) == before
+
+
 def test_an_event_for_an_unknown_task_is_acknowledged_and_logged(db, client, json_logs):
     task_id = uuid.uuid4()
     before = table_counts(db)
