@@ -189,6 +189,14 @@ def framework_problem(exc: HTTPException) -> flask.Response:
     return problem_response(problem_for(error, instance=flask.request.path))
 
 
+def answer_framework_errors_with_problems() -> None:
+    """Make functions-framework's own refusals (/favicon.ico, a body that is not a CloudEvent,
+    a wrong method on an event function) problems instead of HTML pages; called while it
+    loads a function's main.py, inside the app context of the app it is building."""
+    if flask.has_app_context():
+        flask.current_app.register_error_handler(HTTPException, framework_problem)
+
+
 def json_response(body: Any, status: int = 200) -> flask.Response:
     if isinstance(body, BaseModel):
         text = body.model_dump_json()
@@ -218,6 +226,7 @@ class Router:
         self._routes: dict[tuple[str, str], _Route] = {}
         self._map = Map(strict_slashes=False, merge_slashes=False)
         configure_logging()
+        answer_framework_errors_with_problems()
         if check_config:
             get_settings()
 

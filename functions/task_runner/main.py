@@ -13,11 +13,10 @@ import secrets
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
-from werkzeug.exceptions import HTTPException
 
 from shared_layer.errors import UpstreamError
 from shared_layer.eventarc import NotATaskMessage, parse_task_event
-from shared_layer.http import framework_problem
+from shared_layer.http import answer_framework_errors_with_problems
 from shared_layer.logging_config import configure_logging, log_context, trace_from_headers
 from shared_layer.services.task_execution import run_task
 
@@ -25,12 +24,7 @@ configure_logging()
 logger = logging.getLogger(__name__)
 
 
-def _refused(exc: HTTPException) -> flask.Response:
-    """A request functions-framework cannot read as a CloudEvent gets a problem, not HTML."""
-    return framework_problem(exc)
-
-
-functions_framework.errorhandler(HTTPException)(_refused)
+answer_framework_errors_with_problems()
 
 
 def _trace(event: CloudEvent) -> tuple[str | None, str | None]:

@@ -48,3 +48,11 @@ def test_configuration_refused_after_start_is_a_503_problem_naming_no_value(sett
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"
     assert "change-me" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/favicon.ico", "/robots.txt"])
+def test_paths_functions_framework_answers_itself_are_problems_too(db, client, path):
+    r = client("auth").get(path)
+    assert r.status_code == 404
+    assert r.mimetype == "application/problem+json"
+    assert r.json["detail"] == f"no route {path}"
