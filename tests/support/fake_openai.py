@@ -23,9 +23,15 @@ import math
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
+
+from tests.support.loopback import (
+    LoopbackHandler,
+    LoopbackHTTPServer,
+    LoopbackServer,
+    RecordedRequest,
+)
 
 EMBEDDING_DIMENSIONS = 16
 
@@ -35,20 +41,6 @@ _ERROR_TYPES = {
     404: ("invalid_request_error", "model_not_found"),
     429: ("rate_limit_exceeded", "rate_limit_exceeded"),
 }
-
-
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-@dataclass
-class _Failure:
-    status: int
-    remaining: int
 
 
 def _tokens(text: str) -> int:
@@ -78,12 +70,8 @@ def fake_embedding(text: str) -> list[float]:
     return [x / norm for x in raw]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read .requests
-        return
+class _Handler(LoopbackHandler):
+    server: LoopbackHTTPServer[FakeOpenAIServer]
 
     def do_GET(self) -> None:
         self.server.fake._record(RecordedRequest("GET", self.path, dict(self.headers.items()), {}))
@@ -97,10 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, f"Unknown route GET {self.path}")
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(self.read_body() or b"{}")
         except ValueError:
             self._error(400, "We could not parse the JSON body of your request.")
             return
@@ -174,82 +160,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("x-request-id", f"req_fake{self.server.fake._next_id()}")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeOpenAIServer
+        request_id = f"req_fake{self.server.fake._next_id()}"
+        self.send_json(status, body, {"x-request-id": request_id, **(headers or {})})
 
 
 @dataclass
-class FakeOpenAIServer:
-    """The fake, on a free loopback port while the `with` block runs."""
+class FakeOpenAIServer(LoopbackServer[RecordedRequest]):
+    """The fake, on a free loopback port (or `port`) while the `with` block runs; `fail_next`
+    makes the next POSTs fail with an OpenAI error body."""
 
-    host: str = "127.0.0.1"
-    port: int = 0
+    handler = _Handler
+    url_suffix = "/v1"
+
     delay_seconds: float = 0.0
-    requests: list[RecordedRequest] = field(default_factory=list)
-    _failures: list[_Failure] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _counter: int = 0
-    _httpd: _Server | None = None
-    _thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "the server is not running"
-        return f"http://{self.host}:{self._httpd.server_address[1]}/v1"
 
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.startswith("/v1/chat/completions")]
-
-    def fail_next(self, status: int, times: int = 1) -> None:
-        """Answer the next `times` POSTs with `status` and an OpenAI error body."""
-        with self._lock:
-            self._failures.append(_Failure(status, times))
-
-    def start(self) -> FakeOpenAIServer:
-        self._httpd = _Server((self.host, self.port), _Handler)
-        self._httpd.fake = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self.requests.append(request)
-
-    def _take_failure(self) -> int | None:
-        with self._lock:
-            while self._failures and self._failures[0].remaining <= 0:
-                self._failures.pop(0)
-            if not self._failures:
-                return None
-            self._failures[0].remaining -= 1
-            return self._failures[0].status
 
     def _next_id(self) -> int:
         with self._lock:

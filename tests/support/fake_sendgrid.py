@@ -16,14 +16,19 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support.loopback import (
+    LoopbackHandler,
+    LoopbackHTTPServer,
+    LoopbackServer,
+    RecordedRequest,
+)
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -122,108 +127,45 @@ def _problems(body: Any) -> list[dict[str, Any]]:
     return problems
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
+class _Handler(LoopbackHandler):
+    server: LoopbackHTTPServer[FakeSendGridServer]
 
     def do_POST(self) -> None:
         fake = self.server.fake
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self.read_body()
+        fake._record(RecordedRequest("POST", self.path, dict(self.headers.items()), raw))
         if self.path != "/v3/mail/send":
-            self._send(404, {"errors": [{"message": "Not found", "field": None}]})
+            self.send_json(404, {"errors": [{"message": "Not found", "field": None}]})
             return
         if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
             message = "The provided authorization grant is invalid, expired, or revoked"
-            self._send(401, {"errors": [{"message": message, "field": None, "help": None}]})
+            self.send_json(401, {"errors": [{"message": message, "field": None, "help": None}]})
             return
         status = fake._take_failure()
         if status is not None:
-            self._send(status, {"errors": [{"message": f"simulated {status}", "field": None}]})
+            self.send_json(status, {"errors": [{"message": f"simulated {status}", "field": None}]})
             return
         try:
             body = json.loads(raw)
         except ValueError:
-            self._send(400, {"errors": [{"message": "Bad Request", "field": None}]})
+            self.send_json(400, {"errors": [{"message": "Bad Request", "field": None}]})
             return
         problems = _problems(body)
         if problems:
-            self._send(400, {"errors": problems})
+            self.send_json(400, {"errors": problems})
             return
         message_id = secrets.token_urlsafe(16)
         with fake._lock:
             fake.sent.append(SentMail(message_id, dict(self.headers.items()), body))
-        self._send(202, None, {"X-Message-Id": message_id})
-
-    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        payload = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        if payload:
-            self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeSendGridServer
+        self.send_json(202, None, {"X-Message-Id": message_id})
 
 
 @dataclass
-class _Failure:
-    status: int
-    remaining: int
+class FakeSendGridServer(LoopbackServer[RecordedRequest]):
+    """Mail Send on loopback: `sent` holds the accepted messages, `requests` every call (the
+    raw body, as it came)."""
 
+    handler = _Handler
 
-@dataclass
-class FakeSendGridServer:
     api_key: str = "SG.test-key"
-    host: str = "127.0.0.1"
     sent: list[SentMail] = field(default_factory=list)
-    _failures: list[_Failure] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _httpd: _Server | None = None
-
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "the server is not running"
-        return f"http://{self.host}:{self._httpd.server_address[1]}"
-
-    def fail_next(self, status: int, times: int = 1) -> None:
-        with self._lock:
-            self._failures.append(_Failure(status, times))
-
-    def start(self) -> FakeSendGridServer:
-        self._httpd = _Server((self.host, 0), _Handler)
-        self._httpd.fake = self
-        threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> FakeSendGridServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _take_failure(self) -> int | None:
-        with self._lock:
-            while self._failures and self._failures[0].remaining <= 0:
-                self._failures.pop(0)
-            if not self._failures:
-                return None
-            self._failures[0].remaining -= 1
-            return self._failures[0].status

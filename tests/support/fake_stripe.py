@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.loopback import LoopbackHandler, LoopbackHTTPServer, LoopbackServer
 
 
 @dataclass
@@ -160,20 +160,14 @@ def invoice(
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read .requests
-        return
+class _Handler(LoopbackHandler):
+    server: LoopbackHTTPServer[FakeStripeServer]
 
     def do_GET(self) -> None:
         self._handle("GET", {})
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length).decode() if length else ""
-        self._handle("POST", parse_form(raw))
+        self._handle("POST", parse_form(self.read_body().decode()))
 
     def _handle(self, method: str, params: dict[str, Any]) -> None:
         fake = self.server.fake
@@ -286,13 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, _error_body(kind, message))
 
     def _send(self, status: int, body: Any) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Request-Id", "req_" + secrets.token_hex(7))
-        self.end_headers()
-        self.wfile.write(payload)
+        self.send_json(status, body, {"Request-Id": "req_" + secrets.token_hex(7)})
 
 
 def _error_body(kind: str, message: str, param: str | None = None) -> dict[str, Any]:
@@ -300,80 +288,24 @@ def _error_body(kind: str, message: str, param: str | None = None) -> dict[str, 
     return {"error": {"type": kind, "message": message, "param": param, "code": code}}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeStripeServer
-
-
 @dataclass
-class _Failure:
-    status: int
-    remaining: int
-
-
-@dataclass
-class FakeStripeServer:
+class FakeStripeServer(LoopbackServer[RecordedRequest]):
     """The fake, on a free loopback port while the `with` block runs."""
+
+    handler = _Handler
 
     api_key: str = "sk_test_fake"
     prices: set[str] = field(default_factory=lambda: {"price_pro", "price_team"})
-    host: str = "127.0.0.1"
-    requests: list[RecordedRequest] = field(default_factory=list)
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     checkout_sessions: list[dict[str, Any]] = field(default_factory=list)
     _idempotent: dict[str, tuple[str, dict[str, Any], tuple[int, Any]]] = field(
         default_factory=dict
     )
     _key_locks: dict[str, threading.Lock] = field(default_factory=dict)
-    _failures: list[_Failure] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _httpd: _Server | None = None
-
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "the server is not running"
-        return f"http://{self.host}:{self._httpd.server_address[1]}"
 
     def calls(self, method: str, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == method and r.path == path]
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        with self._lock:
-            self._failures.append(_Failure(status, times))
-
-    def start(self) -> FakeStripeServer:
-        self._httpd = _Server((self.host, 0), _Handler)
-        self._httpd.fake = self
-        threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> FakeStripeServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self.requests.append(request)
-
     def _key_lock(self, key: str) -> threading.Lock:
         with self._lock:
             return self._key_locks.setdefault(key, threading.Lock())
-
-    def _take_failure(self) -> int | None:
-        with self._lock:
-            while self._failures and self._failures[0].remaining <= 0:
-                self._failures.pop(0)
-            if not self._failures:
-                return None
-            self._failures[0].remaining -= 1
-            return self._failures[0].status
