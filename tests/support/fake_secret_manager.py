@@ -16,17 +16,16 @@ our client does.
 from __future__ import annotations
 
 import base64
-import json
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import google_crc32c
+
+from tests.support.loopback import LoopbackHandler, LoopbackHTTPServer, LoopbackServer
 
 _LIST = re.compile(r"^/v1/projects/(?P<project>[^/]+)/secrets$")
 _ACCESS = re.compile(
@@ -49,13 +48,36 @@ class _Version:
     corrupt: bool = False
 
 
+class _Handler(LoopbackHandler):
+    server: LoopbackHTTPServer[FakeSecretManager]
+
+    def _answer(self) -> None:
+        self.read_body()
+        fake = self.server.fake
+        target = urlsplit(self.path)
+        fake._record(
+            Recorded(self.command, target.path, parse_qs(target.query), dict(self.headers))
+        )
+        failure = fake._take_failure()
+        if failure is not None:
+            status, body = _error(failure, f"Simulated failure with status {failure}.")
+        else:
+            status, body = fake.handle(self.command, self.path)
+        self.send_json(status, body, content_type="application/json; charset=UTF-8")
+
+    do_GET = do_POST = do_DELETE = do_PATCH = _answer
+
+
 @dataclass
-class FakeSecretManager:
+class FakeSecretManager(LoopbackServer[Recorded]):
+    """The API as data (`handle` answers without a socket); served by `serve_secret_manager`."""
+
+    handler = _Handler
+
     project: str = "stratus-test"
     project_number: str = "123456789012"
     page_size: int = 2  # small, so that the client's pager has to follow nextPageToken
     secrets: dict[str, list[_Version]] = field(default_factory=dict)
-    requests: list[Recorded] = field(default_factory=list)
     url: str = ""
 
     def add_secret(self, name: str, *values: str | bytes, corrupt: bool = False) -> None:
@@ -136,47 +158,6 @@ def _error(code: int, message: str) -> tuple[int, dict[str, Any]]:
 def serve_secret_manager(fake: FakeSecretManager | None = None) -> Iterator[FakeSecretManager]:
     """Run `fake` on 127.0.0.1 (a free port) for the duration of the block."""
     fake = fake or FakeSecretManager()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as the client's requests.Session expects
-
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
-            fake.requests.append(
-                Recorded(
-                    self.command,
-                    urlsplit(self.path).path,
-                    parse_qs(urlsplit(self.path).query),
-                    dict(self.headers),
-                )
-            )
-            status, body = fake.handle(self.command, self.path)
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_DELETE = do_PATCH = _answer
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.block_on_close = False  # keep-alive connections must not hold up shutdown
-    fake.url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-secret-manager"
-    )
-    thread.daemon = True
-    thread.start()
-    try:
+    with fake:
+        fake.url = fake.base_url
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
