@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -124,6 +124,23 @@ def _held(task_id: uuid.UUID, attempt: int) -> ColumnElement[bool]:
     )
 
 
+def _settle(
+    session: Session, *, task_id: uuid.UUID, attempt: int, finished: bool, **values: Any
+) -> bool:
+    """Write `values` and drop the lease (stamping `finished_at` if `finished`) while the claim
+    still holds; False (nothing written) if it is lost."""
+    now = utcnow()
+    if finished:
+        values["finished_at"] = now
+    statement = (
+        update(Task)
+        .where(_held(task_id, attempt))
+        .values(**values, lease_expires_at=None, updated_at=now)
+        .returning(Task.id)
+    )
+    return session.execute(statement).scalar_one_or_none() is not None
+
+
 def claim_task(session: Session, *, task_id: uuid.UUID, lease_seconds: int) -> int | None:
     """Claim a queued task (or one whose lease lapsed); the attempt number, or None if lost."""
     now = utcnow()
@@ -154,25 +171,20 @@ def complete_task(
     steps: Sequence[StepRecord],
 ) -> bool:
     """Store a success with its steps and usage; False (nothing written) if the claim is lost."""
-    now = utcnow()
-    statement = (
-        update(Task)
-        .where(_held(task_id, attempt))
-        .values(
-            status=TaskStatus.SUCCEEDED.value,
-            result=result,
-            error=None,
-            provider=provider,
-            model=model,
-            prompt_tokens=sum(s.prompt_tokens for s in steps),
-            completion_tokens=sum(s.completion_tokens for s in steps),
-            finished_at=now,
-            lease_expires_at=None,
-            updated_at=now,
-        )
-        .returning(Task.id)
+    settled = _settle(
+        session,
+        task_id=task_id,
+        attempt=attempt,
+        finished=True,
+        status=TaskStatus.SUCCEEDED.value,
+        result=result,
+        error=None,
+        provider=provider,
+        model=model,
+        prompt_tokens=sum(s.prompt_tokens for s in steps),
+        completion_tokens=sum(s.completion_tokens for s in steps),
     )
-    if session.execute(statement).scalar_one_or_none() is None:
+    if not settled:
         return False
     session.add_all(
         TaskStep(
@@ -192,20 +204,14 @@ def complete_task(
 
 def fail_task(session: Session, *, task_id: uuid.UUID, attempt: int, reason: str) -> bool:
     """Mark the task failed with `reason`; False (nothing written) if the claim is lost."""
-    now = utcnow()
-    statement = (
-        update(Task)
-        .where(_held(task_id, attempt))
-        .values(
-            status=TaskStatus.FAILED.value,
-            error=clip(reason, MAX_ERROR_CHARS),
-            finished_at=now,
-            lease_expires_at=None,
-            updated_at=now,
-        )
-        .returning(Task.id)
+    return _settle(
+        session,
+        task_id=task_id,
+        attempt=attempt,
+        finished=True,
+        status=TaskStatus.FAILED.value,
+        error=clip(reason, MAX_ERROR_CHARS),
     )
-    return session.execute(statement).scalar_one_or_none() is not None
 
 
 def release_task(
@@ -218,18 +224,15 @@ def release_task(
         final = f"gave up after {attempt} attempts; last error: {reason}"
         failed = fail_task(session, task_id=task_id, attempt=attempt, reason=final)
         return "failed" if failed else "stale"
-    statement = (
-        update(Task)
-        .where(_held(task_id, attempt))
-        .values(
-            status=TaskStatus.QUEUED.value,
-            error=clip(f"attempt {attempt} failed, will retry: {reason}", MAX_ERROR_CHARS),
-            lease_expires_at=None,
-            updated_at=utcnow(),
-        )
-        .returning(Task.id)
+    queued = _settle(
+        session,
+        task_id=task_id,
+        attempt=attempt,
+        finished=False,
+        status=TaskStatus.QUEUED.value,
+        error=clip(f"attempt {attempt} failed, will retry: {reason}", MAX_ERROR_CHARS),
     )
-    return "queued" if session.execute(statement).scalar_one_or_none() is not None else "stale"
+    return "queued" if queued else "stale"
 
 
 @monitor_task_execution("run_task")
