@@ -30,7 +30,8 @@ from pydantic_settings import (
 if TYPE_CHECKING:
     from google.cloud.secretmanager import SecretManagerServiceClient
 
-DEV_JWT_SECRET = "dev-only-insecure-secret"  # noqa: S105 - refused in production
+# 32+ bytes so PyJWT does not warn when a function runs alone; refused in production.
+DEV_JWT_SECRET = "dev-only-insecure-secret-never-deploy"  # noqa: S105
 PLACEHOLDER_SECRETS = frozenset(
     {"", "change-me", "changeme", "placeholder", "secret", DEV_JWT_SECRET, "xxx", "todo"}
 )

@@ -109,10 +109,7 @@ class ApiRequest:
         data = self.body_bytes()
         if not data.strip():
             raise InvalidInput("the body is empty; expected a JSON object")
-        try:
-            return json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+        return parse_json(data)
 
     def parse(self, model: type[M]) -> M:
         """The body validated against `model`; 400 naming each offending field."""
@@ -144,6 +141,15 @@ def _max_body_bytes() -> int:
         return get_settings().max_body_bytes
     except ConfigError:
         return int(Settings.model_fields["max_body_bytes"].default)
+
+
+def parse_json(data: bytes) -> Any:
+    """`data` as JSON, or a 400 saying where it is malformed (webhooks call this on the raw
+    body they have just verified)."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
 
 
 def invalid_input_from(exc: ValidationError, *, where: str) -> InvalidInput:

@@ -9,7 +9,6 @@ the window, or a body that is not an array of events (nothing written).
 
 from __future__ import annotations
 
-import json
 import logging
 
 import flask
@@ -23,8 +22,8 @@ from shared_layer.email.event_signature import (
     TIMESTAMP_HEADER,
     verify_sendgrid_signature,
 )
-from shared_layer.errors import InvalidInput, UpstreamError
-from shared_layer.http import ApiRequest, Router, invalid_input_from
+from shared_layer.errors import UpstreamError
+from shared_layer.http import ApiRequest, Router, invalid_input_from, parse_json
 from shared_layer.schemas.billing import SendGridBatch, SendGridWebhookReceipt
 from shared_layer.services.email import record_sendgrid_events
 
@@ -47,10 +46,7 @@ def receive(req: ApiRequest) -> SendGridWebhookReceipt:
         public_key=settings.sendgrid_webhook_public_key,
         max_age_seconds=settings.sendgrid_webhook_max_age_seconds,
     )
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+    payload = parse_json(body)
     try:
         SendGridBatch.validate_python(payload)
     except ValidationError as exc:

@@ -11,7 +11,6 @@ logged and never fails the event.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import flask
@@ -21,8 +20,8 @@ from pydantic import ValidationError
 from shared_layer.billing.signature import verify_stripe_signature
 from shared_layer.config import get_stripe_config
 from shared_layer.database import session_scope
-from shared_layer.errors import InvalidInput, UpstreamError
-from shared_layer.http import ApiRequest, Router, invalid_input_from
+from shared_layer.errors import UpstreamError
+from shared_layer.http import ApiRequest, Router, invalid_input_from, parse_json
 from shared_layer.schemas.billing import StripeEventIn, StripeWebhookReceipt
 from shared_layer.services.email import send_email
 from shared_layer.services.stripe_events import EventReceipt, record_stripe_event
@@ -42,10 +41,7 @@ def _verified_event(req: ApiRequest) -> tuple[StripeEventIn, dict[str, object]]:
         secret=config.webhook_secret.get_secret_value(),
         tolerance_seconds=config.webhook_tolerance_seconds,
     )
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+    payload = parse_json(body)
     try:
         return StripeEventIn.model_validate(payload), payload
     except ValidationError as exc:
