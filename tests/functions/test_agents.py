@@ -26,8 +26,7 @@ from shared_layer.pubsub import LocalPushPublisher, get_publisher, set_local_pus
 from tests.conftest import function_app, table_counts
 from tests.support.cold_imports import first_request_imports, migrated_sqlite
 from tests.support.fake_pubsub import FakePubSub
-
-PROBLEM = "application/problem+json"
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture
@@ -63,19 +62,6 @@ def submit(api: FlaskClient, token: str, agent_id: str, text_: str = "hello") ->
     response = api.post(f"/agents/{agent_id}/tasks", json={"input": text_}, headers=auth(token))
     assert response.status_code == 202, response.get_data(as_text=True)
     return dict(response.json)
-
-
-def assert_problem(response: Any, status: int, *words: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM
-    body = response.json
-    assert body["status"] == status
-    assert body["type"].startswith("https://")
-    text_ = json.dumps(body).lower()
-    for word in words:
-        assert word.lower() in text_, (word, body)
-    assert "traceback" not in text_
-    return dict(body)
 
 
 def stored_task(task_id: str) -> Task:
