@@ -1,7 +1,7 @@
 """Tasks nobody is working on: leases that lapsed, and queued tasks nobody was told about.
 
 - A running task whose lease lapsed lost its runner (the instance died, the deadline passed).
-  `settle_lapsed_lease` (services/task_execution.py, the same rule task_runner's claim applies)
+  `settle_lapsed_lease` (services/task_claims.py, the same rule task_runner's claim applies)
   puts it back in the queue while attempts remain, else fails it with the reason. A requeued
   task is published again so a runner picks it up.
 - A task still `queued` after `TASK_REPUBLISH_AFTER_SECONDS` was most likely never published
@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 
 from shared_layer.database import session_scope
 from shared_layer.models import Task, TaskStatus
-from shared_layer.services.task_execution import settle_lapsed_lease
+from shared_layer.services.task_claims import settle_lapsed_lease
 
 logger = logging.getLogger(__name__)
 

@@ -11,18 +11,12 @@ import pytest
 from sqlalchemy import select, update
 
 from shared_layer.agent_config import DEFAULT_SYSTEM_PROMPTS
-from shared_layer.agent_systems import PLAN_INSTRUCTION
+from shared_layer.agent_systems import PLAN_INSTRUCTION, StepRecord
 from shared_layer.database import session_scope
 from shared_layer.errors import UpstreamError
 from shared_layer.models import Task, TaskStep
-from shared_layer.services.task_execution import (
-    StepRecord,
-    claim_task,
-    complete_task,
-    fail_task,
-    release_task,
-    run_task,
-)
+from shared_layer.services.task_claims import claim_task, complete_task, fail_task, release_task
+from shared_layer.services.task_execution import run_task
 
 STEP = StepRecord(kind="llm_call", content={"answer": "hi"}, prompt_tokens=3, completion_tokens=2)
 
