@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -27,25 +27,14 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from shared_layer.plan_defaults import DEFAULT_MODEL_PRICES, DEFAULT_PLANS, PLAN_NAMES, PlanLimits
+
 if TYPE_CHECKING:
     from google.cloud.secretmanager import SecretManagerServiceClient
 
 # 32+ bytes so PyJWT does not warn when a function runs alone; refused in production.
 DEV_JWT_SECRET = "dev-only-insecure-secret-never-deploy"  # noqa: S105
-PLACEHOLDER_SECRETS = frozenset(
-    {"", "change-me", "changeme", "placeholder", "secret", DEV_JWT_SECRET, "xxx", "todo"}
-)
 DEFAULT_SQLITE_URL = "sqlite:///.stratus/stratus.db"
-JWT_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2: a key >= the hash size
-# List prices in USD micros per million tokens (input, output); MODEL_PRICES (JSON) replaces them.
-DEFAULT_MODEL_PRICES: dict[str, tuple[int, int]] = {
-    "offline": (0, 0),
-    "gpt-4o-mini": (150_000, 600_000),
-    "gpt-4o": (2_500_000, 10_000_000),
-    "gpt-4.1-nano": (100_000, 400_000),
-    "gpt-4.1-mini": (400_000, 1_600_000),
-    "gpt-4.1": (2_000_000, 8_000_000),
-}
 SECRET_FIELDS = (
     "jwt_secret",
     "db_password",
@@ -58,28 +47,6 @@ SECRET_FIELDS = (
 
 class ConfigError(RuntimeError):
     """Configuration that cannot run; the message names the variables, never their values."""
-
-
-class PlanLimits(BaseModel):
-    """What a plan allows per billing period (tasks, tokens), at once (agents), and which
-    models (shell patterns: `gpt-4o*`; `*` is any). 0 means none."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tasks_per_month: int = Field(ge=0)
-    tokens_per_month: int = Field(ge=0)
-    agents: int = Field(ge=0)
-    models: tuple[str, ...] = ("*",)
-
-
-PLAN_NAMES = ("free", "pro", "team")  # in rank order; a user with no subscription is on free
-# Model names depend on the deployment (OpenAI, a local server), so no plan restricts them by
-# default; restrict with BILLING_PLANS='{"free": {"models": ["gpt-4o-mini"]}}'.
-DEFAULT_PLANS: dict[str, dict[str, Any]] = {
-    "free": {"tasks_per_month": 100, "tokens_per_month": 200_000, "agents": 10},
-    "pro": {"tasks_per_month": 5_000, "tokens_per_month": 10_000_000, "agents": 100},
-    "team": {"tasks_per_month": 50_000, "tokens_per_month": 100_000_000, "agents": 1_000},
-}
 
 
 class Settings(BaseSettings):
@@ -278,45 +245,12 @@ def secret_manager_client() -> SecretManagerServiceClient:
     return build()
 
 
-def _is_placeholder(secret: SecretStr | None) -> bool:
-    return secret is None or secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
-
-
-def production_problems(settings: Settings) -> list[str]:
-    """What stops this configuration from running in production, naming each variable."""
-    problems: list[str] = []
-    jwt_minimum = JWT_MIN_BYTES[settings.jwt_algorithm]
-    if _is_placeholder(settings.jwt_secret):
-        problems.append("JWT_SECRET is missing or a placeholder")
-    elif len(settings.jwt_secret.get_secret_value().encode()) < jwt_minimum:
-        problems.append(
-            f"JWT_SECRET is shorter than {jwt_minimum} bytes ({settings.jwt_algorithm})"
-        )
-    if settings.cloud_sql_instance:
-        if not settings.cloud_sql_iam_auth and _is_placeholder(settings.db_password):
-            problems.append("DB_PASSWORD is missing or a placeholder (CLOUD_SQL_INSTANCE is set)")
-    elif settings.database_url.startswith("sqlite"):
-        problems.append("DATABASE_URL points at SQLite; set it or CLOUD_SQL_INSTANCE")
-    # An OpenAI-compatible server at OPENAI_BASE_URL may need no key; OpenAI itself does.
-    llm_needs_key = settings.llm_provider != "offline" and not settings.openai_base_url
-    if llm_needs_key and _is_placeholder(settings.openai_api_key):
-        problems.append(
-            "OPENAI_API_KEY is missing or a placeholder (or set LLM_PROVIDER=offline on purpose)"
-        )
-    named = " ".join(problems)
-    for field in SECRET_FIELDS:  # an optional secret may be absent, but never a placeholder
-        value, variable = getattr(settings, field), field.upper()
-        if value is not None and variable not in named and _is_placeholder(value):
-            problems.append(f"{variable} is set to a placeholder")
-    if settings.pubsub_mode == "gcp" and not settings.gcp_project_id:
-        problems.append("GOOGLE_CLOUD_PROJECT is missing (PUBSUB_MODE=gcp)")
-    return problems
-
-
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     settings = Settings()
     if settings.is_production:
+        from shared_layer.config_checks import production_problems
+
         problems = production_problems(settings)
         if problems:
             raise ConfigError("refusing to start in production: " + "; ".join(problems))

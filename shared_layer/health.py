@@ -38,7 +38,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, SecretStr
 
 from shared_layer import dbapi
-from shared_layer.config import ConfigError, Settings, get_settings, production_problems
+from shared_layer.config import ConfigError, Settings, get_settings
+from shared_layer.config_checks import production_problems
 from shared_layer.migration_files import migration_graph
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from shared_layer.config import PLAN_NAMES, PlanLimits, get_settings
+from shared_layer.config import get_settings
 from shared_layer.errors import InvalidInput
+from shared_layer.plan_defaults import PLAN_NAMES, PlanLimits
 
 __all__ = ["FREE", "Plan", "get_plan", "get_plans", "plan_for_price"]
 

@@ -15,7 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from shared_layer import config
-from shared_layer.config import Settings, production_problems
+from shared_layer.config import Settings
+from shared_layer.config_checks import production_problems
 from stratus.bundle import MANIFEST, build_bundles, discover
 from stratus.import_graph import reach
 from tests.conftest import BASE_ENV, ROOT
@@ -58,12 +59,12 @@ def secret_fields() -> dict[str, str]:
 
 
 def secrets_read_by(function: str) -> set[str]:
-    """Environment names of the secrets the function's code can read (config.py's own checks
-    aside: they read every setting)."""
+    """Environment names of the secrets the function's code can read (the settings and their
+    production checks aside: they read every setting)."""
     fields = secret_fields()
     read: set[str] = set()
     for module, names in reach(ROOT, function).names.items():
-        if module == "shared_layer.config":
+        if module in ("shared_layer.config", "shared_layer.config_checks"):
             continue
         read |= {env for field, env in fields.items() if field in names}
         for accessor, attributes in ACCESSOR_SECRETS.items():

@@ -7,6 +7,7 @@ from pydantic import SecretStr, ValidationError
 
 from shared_layer import config
 from shared_layer.config import ConfigError, Settings, get_settings, reset_settings
+from shared_layer.config_checks import production_problems
 
 STRONG_JWT = "prod-jwt-" + "k" * 40
 # A production configuration that passes; each test breaks one thing.
@@ -143,7 +144,7 @@ def test_valid_production_configuration_starts(settings_env):
     settings = get_settings()
 
     assert settings.is_production
-    assert config.production_problems(settings) == []
+    assert production_problems(settings) == []
 
 
 def test_production_refuses_missing_jwt_secret(settings_env):
