@@ -30,8 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support.fake_openai, when run as a script
+
+from bench.processes import free_port, stop_group  # noqa: E402
 
 BASELINE = "hello"
 FUNCTIONS = ("health", "auth", "agents", "task_runner")
@@ -73,12 +73,6 @@ class Sample:
     ready_ms: float  # the port accepted a connection: imports done, server listening
     ms: float  # the first 2xx: ready + the first request's own work (lazy imports, connecting)
     rss_kb: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def source_of(name: str) -> Path:
@@ -280,14 +274,7 @@ def measure(name: str, probe: Probe, env: dict[str, str], log: Path, launch: Lau
         ready_ms, ms = first_2xx(port, probe, started, process)
         return Sample(ready_ms, ms, peak_rss_kb(process.pid))
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)  # the group this call started, by its id
-            process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 def child_env(workdir: Path, openai_url: str) -> dict[str, str]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support.*, when run as a script
+
+from bench.processes import free_port, stop_group  # noqa: E402
 
 STRIPE_SECRET = "whsec_bench_" + "b" * 32
 TARGET_RATIO = 0.40
@@ -73,12 +74,6 @@ class Result:
             return float("nan")
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -195,14 +190,7 @@ def serving(name: str, source: Path, env: dict[str, str], log: Path) -> Iterator
                 time.sleep(0.05)
         yield port
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)  # the group this call started, by its id
-            process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 def load(
