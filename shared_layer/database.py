@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared_layer.config import get_settings
-from shared_layer.dbapi import cloud_sql_connection
+from shared_layer.dbapi import cloud_sql_connection, prepare_sqlite
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +37,7 @@ def _sqlite_engine(url: str, echo: bool) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        # WAL lets readers run beside the writer; foreign keys are off by default in SQLite.
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
+        prepare_sqlite(dbapi_connection)
 
     return engine
 
@@ -99,8 +94,11 @@ def get_engine() -> Engine:
 
 
 def reset_engine() -> None:
-    """Dispose of the engine (tests, and after the settings change)."""
+    """Dispose of the engine and the plain-SQL pool (tests, and after the settings change)."""
     global _engine, _session_factory
+    from shared_layer.sql import reset_pool
+
+    reset_pool()
     with _lock:
         if _engine is not None:
             _engine.dispose()

@@ -23,6 +23,7 @@ __all__ = [
     "backend_name",
     "cloud_sql_connection",
     "connect",
+    "prepare_sqlite",
     "reset_cloud_sql_connector",
     "url_password",
 ]
@@ -109,7 +110,18 @@ def _sqlite(rest: str, timeout: float) -> Any:
     path = rest.partition("?")[0].removeprefix("/") or ":memory:"
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return sqlite3.connect(path, timeout=timeout)
+    return sqlite3.connect(path, timeout=timeout, check_same_thread=False)
+
+
+def prepare_sqlite(connection: Any) -> None:
+    """The pragmas every SQLite connection of the platform runs with, SQLAlchemy's or not.
+
+    WAL lets readers run beside the writer; foreign keys are off by default in SQLite."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
 
 
 def _postgresql(rest: str, timeout: float) -> Any:
