@@ -42,6 +42,7 @@ __all__ = [
     "as_datetime",
     "as_json",
     "as_uuid",
+    "driver_errors",
     "reset_pool",
     "transaction",
 ]
@@ -195,6 +196,22 @@ def _is_unique_violation(exc: Exception) -> bool:
         return "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc)
     fields = exc.args[0] if exc.args else None
     return isinstance(fields, dict) and fields.get("C") == "23505"
+
+
+@lru_cache(maxsize=1)
+def driver_errors() -> tuple[type[Exception], ...]:
+    """The DBAPI drivers' base error classes (sqlite3's, pg8000's), for `except` clauses that
+    must treat any database failure as transient: SQL run through `Db` raises these unwrapped."""
+    import sqlite3
+
+    errors: list[type[Exception]] = [sqlite3.Error]
+    try:
+        from pg8000.exceptions import Error as Pg8000Error
+    except ImportError:  # pragma: no cover - a SQLite-only install
+        pass
+    else:
+        errors.append(Pg8000Error)
+    return tuple(errors)
 
 
 class _Pool:
