@@ -5,22 +5,26 @@ first, then answers, and sees the agent's recent conversation. The environment c
 default system and limits (`AGENT_SYSTEM`, `OPENAI_MODEL`, `AGENT_MAX_TOKENS`, ...); an agent's
 non-NULL columns override them. The result is an `AgentRunConfig`: frozen and validated, so a
 runner never meets a temperature of 7 or a timeout of zero halfway through a task.
+
+An agent is read through `AgentSettings`, the attributes resolving it needs: a record
+(`shared_layer.services.agents.AgentRecord`) or the ORM's `Agent` alike.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import uuid
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared_layer.config import get_settings
 from shared_layer.errors import InvalidInput
-from shared_layer.models import Agent
 from shared_layer.openai_config import validate_model
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPTS",
     "AgentRunConfig",
+    "AgentSettings",
     "AgentSystemName",
     "get_agent_config_for_system",
     "get_agent_system",
@@ -37,6 +41,26 @@ DEFAULT_SYSTEM_PROMPTS: dict[str, str] = {
         "and give a complete, well-structured answer to the user's request."
     ),
 }
+
+
+class AgentSettings(Protocol):
+    """The attributes of an agent that decide how it runs (None: the environment's default)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def system(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def system_prompt(self) -> str | None: ...
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def max_tokens(self) -> int | None: ...
+    @property
+    def timeout_seconds(self) -> int | None: ...
+
 
 # The agent columns that override an environment default when they are not NULL.
 _OVERRIDABLE = ("model", "system_prompt", "temperature", "max_tokens", "timeout_seconds")
@@ -73,7 +97,7 @@ def get_agent_system() -> AgentSystemName:
     return get_settings().agent_system
 
 
-def should_use_enhanced_agent(agent: Agent | None = None) -> bool:
+def should_use_enhanced_agent(agent: AgentSettings | None = None) -> bool:
     """Whether `agent` (or, without one, the environment) uses the enhanced system."""
     system = agent.system if agent is not None and agent.system else get_agent_system()
     return system == "enhanced"
@@ -98,7 +122,7 @@ def get_agent_config_for_system(system: str) -> AgentRunConfig:
     )
 
 
-def resolve_agent_config(agent: Agent) -> AgentRunConfig:
+def resolve_agent_config(agent: AgentSettings) -> AgentRunConfig:
     """The agent's run configuration; `InvalidInput` naming the fields when a stored value is
     out of range (a row written before a limit tightened, or by hand)."""
     base = get_agent_config_for_system(agent.system or get_agent_system())

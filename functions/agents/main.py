@@ -8,7 +8,6 @@ import uuid
 import flask
 import functions_framework
 
-from shared_layer.database import session_scope
 from shared_layer.http import ApiRequest, Router, json_response
 from shared_layer.schemas.agents import (
     AgentCreate,
@@ -23,6 +22,7 @@ from shared_layer.schemas.common import Page, PageQuery
 from shared_layer.services import agents as agent_service
 from shared_layer.services import quotas
 from shared_layer.services import tasks as task_service
+from shared_layer.sql import transaction
 
 logger = logging.getLogger(__name__)
 router = Router("agents")
@@ -39,18 +39,18 @@ def _task_id(req: ApiRequest) -> uuid.UUID:
 @router.route("POST", "/agents", auth=True)
 def create_agent(req: ApiRequest) -> tuple[AgentPublic, int]:
     body = req.parse(AgentCreate)
-    with session_scope() as session:
-        quotas.enforce_agent_creation(session, user_id=req.caller)  # the plan's agent count
-        agent = agent_service.create_agent(session, owner_id=req.caller, **body.model_dump())
+    with transaction() as db:
+        quotas.enforce_agent_creation(db, user_id=req.caller)  # the plan's agent count
+        agent = agent_service.create_agent(db, owner_id=req.caller, **body.model_dump())
         return AgentPublic.model_validate(agent), 201
 
 
 @router.route("GET", "/agents", auth=True)
 def list_agents(req: ApiRequest) -> Page[AgentPublic]:
     query = req.query(PageQuery)
-    with session_scope() as session:
+    with transaction() as db:
         items, total = agent_service.list_agents(
-            session, owner_id=req.caller, limit=query.limit, offset=query.offset
+            db, owner_id=req.caller, limit=query.limit, offset=query.offset
         )
         return Page[AgentPublic].of(
             [AgentPublic.model_validate(a) for a in items], total=total, query=query
@@ -60,8 +60,8 @@ def list_agents(req: ApiRequest) -> Page[AgentPublic]:
 @router.route("GET", "/agents/{agent_id}", auth=True)
 def get_agent(req: ApiRequest) -> AgentPublic:
     agent_id = _agent_id(req)
-    with session_scope() as session:
-        agent = agent_service.get_agent(session, owner_id=req.caller, agent_id=agent_id)
+    with transaction() as db:
+        agent = agent_service.get_agent(db, owner_id=req.caller, agent_id=agent_id)
         return AgentPublic.model_validate(agent)
 
 
@@ -69,9 +69,9 @@ def get_agent(req: ApiRequest) -> AgentPublic:
 def update_agent(req: ApiRequest) -> AgentPublic:
     agent_id = _agent_id(req)
     body = req.parse(AgentUpdate)
-    with session_scope() as session:
+    with transaction() as db:
         agent = agent_service.update_agent(
-            session, owner_id=req.caller, agent_id=agent_id, changes=body.changes()
+            db, owner_id=req.caller, agent_id=agent_id, changes=body.changes()
         )
         return AgentPublic.model_validate(agent)
 
@@ -79,8 +79,8 @@ def update_agent(req: ApiRequest) -> AgentPublic:
 @router.route("DELETE", "/agents/{agent_id}", auth=True)
 def delete_agent(req: ApiRequest) -> None:
     agent_id = _agent_id(req)
-    with session_scope() as session:
-        agent_service.delete_agent(session, owner_id=req.caller, agent_id=agent_id)
+    with transaction() as db:
+        agent_service.delete_agent(db, owner_id=req.caller, agent_id=agent_id)
 
 
 @router.route("POST", "/agents/{agent_id}/tasks", auth=True)
@@ -93,9 +93,9 @@ def submit_task(req: ApiRequest) -> flask.Response:
     """
     agent_id = _agent_id(req)
     body = req.parse(TaskCreate)
-    with session_scope() as session:
+    with transaction() as db:
         task = task_service.submit_task(
-            session, owner_id=req.caller, agent_id=agent_id, input=body.input
+            db, owner_id=req.caller, agent_id=agent_id, input=body.input
         )
         accepted = TaskAccepted.for_task(task)
     _publish(accepted.id)
@@ -120,9 +120,9 @@ def _publish(task_id: uuid.UUID) -> None:
 @router.route("GET", "/tasks", auth=True)
 def list_tasks(req: ApiRequest) -> Page[TaskPublic]:
     query = req.query(TaskListQuery)
-    with session_scope() as session:
+    with transaction() as db:
         items, total = task_service.list_tasks(
-            session,
+            db,
             owner_id=req.caller,
             limit=query.limit,
             offset=query.offset,
@@ -137,16 +137,16 @@ def list_tasks(req: ApiRequest) -> Page[TaskPublic]:
 @router.route("GET", "/tasks/{task_id}", auth=True)
 def get_task(req: ApiRequest) -> TaskPublic:
     task_id = _task_id(req)
-    with session_scope() as session:
-        task = task_service.get_task(session, owner_id=req.caller, task_id=task_id)
-        return TaskPublic.from_task(task, steps=list(task.steps))
+    with transaction() as db:
+        task = task_service.get_task(db, owner_id=req.caller, task_id=task_id)
+        return TaskPublic.from_task(task, steps=task.steps)
 
 
 @router.route("POST", "/tasks/{task_id}/cancel", auth=True)
 def cancel_task(req: ApiRequest) -> TaskPublic:
     task_id = _task_id(req)
-    with session_scope() as session:
-        task = task_service.cancel_task(session, owner_id=req.caller, task_id=task_id)
+    with transaction() as db:
+        task = task_service.cancel_task(db, owner_id=req.caller, task_id=task_id)
         return TaskPublic.from_task(task)
 
 

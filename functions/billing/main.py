@@ -12,7 +12,6 @@ import functions_framework
 
 from shared_layer.billing import stripe_api
 from shared_layer.config import get_settings
-from shared_layer.database import session_scope
 from shared_layer.http import ApiRequest, Router
 from shared_layer.schemas.billing import (
     CheckoutCreate,
@@ -24,6 +23,7 @@ from shared_layer.schemas.billing import (
 )
 from shared_layer.services import billing as billing_service
 from shared_layer.services import quotas
+from shared_layer.sql import transaction
 
 router = Router("billing")
 
@@ -31,10 +31,10 @@ router = Router("billing")
 @router.route("POST", "/checkout", auth=True)
 def checkout(req: ApiRequest) -> tuple[CheckoutSessionPublic, int]:
     body = req.parse(CheckoutCreate)
-    with session_scope() as session:
-        plan = billing_service.checkout_plan(session, user_id=req.caller, plan_name=body.plan)
-    with session_scope() as session:
-        customer_id = billing_service.ensure_customer(session, user_id=req.caller)
+    with transaction() as db:
+        plan = billing_service.checkout_plan(db, user_id=req.caller, plan_name=body.plan)
+    with transaction() as db:
+        customer_id = billing_service.ensure_customer(db, user_id=req.caller)
     assert plan.price_id, "checkout_plan refuses a plan without a price"
     settings = get_settings()
     created = stripe_api.create_checkout_session(
@@ -50,8 +50,8 @@ def checkout(req: ApiRequest) -> tuple[CheckoutSessionPublic, int]:
 
 @router.route("POST", "/portal", auth=True)
 def portal(req: ApiRequest) -> tuple[PortalSessionPublic, int]:
-    with session_scope() as session:
-        customer_id = billing_service.portal_customer(session, user_id=req.caller)
+    with transaction() as db:
+        customer_id = billing_service.portal_customer(db, user_id=req.caller)
     url = stripe_api.create_portal_session(
         customer_id=customer_id, return_url=get_settings().billing_portal_return_url
     )
@@ -60,9 +60,9 @@ def portal(req: ApiRequest) -> tuple[PortalSessionPublic, int]:
 
 @router.route("GET", "/subscription", auth=True)
 def subscription(req: ApiRequest) -> SubscriptionPublic:
-    with session_scope() as session:
-        status = billing_service.plan_in_effect(session, user_id=req.caller)
-        used = quotas.usage_in_period(session, user_id=req.caller, status=status)
+    with transaction() as db:
+        status = billing_service.plan_in_effect(db, user_id=req.caller)
+        used = quotas.usage_in_period(db, user_id=req.caller, status=status)
     limits, sub, resets = status.plan.limits, status.subscription, status.period_end
     return SubscriptionPublic(
         plan=status.plan.name,

@@ -3,13 +3,17 @@
 An agent setting left out (or null) means "use the environment default" (see
 `shared_layer.agent_config`); on PATCH, a field left out is unchanged and an explicit null
 resets it to that default. Numbers are strict: `"0.5"` is not a temperature.
+
+The public views read records (`shared_layer.services.tasks`) or ORM rows alike, through the
+attributes they need (`TaskView`); nothing here imports the models or SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AfterValidator,
@@ -23,7 +27,6 @@ from pydantic import (
 )
 
 from shared_layer.config import get_settings
-from shared_layer.models import Task, TaskStep
 from shared_layer.schemas.common import PageQuery, StrictBody
 
 
@@ -141,6 +144,41 @@ class TaskStepPublic(BaseModel):
     created_at: datetime
 
 
+class TaskView(Protocol):
+    """What the public views read of a task (a `TaskRecord`, or the ORM's `Task`)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def agent_id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def input(self) -> str: ...
+    @property
+    def result(self) -> str | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def total_tokens(self) -> int: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+
+
 class TaskPublic(BaseModel):
     id: uuid.UUID
     agent_id: uuid.UUID
@@ -158,7 +196,7 @@ class TaskPublic(BaseModel):
     steps: list[TaskStepPublic] | None = None
 
     @classmethod
-    def from_task(cls, task: Task, *, steps: list[TaskStep] | None = None) -> TaskPublic:
+    def from_task(cls, task: TaskView, *, steps: Sequence[object] | None = None) -> TaskPublic:
         """The public view; `steps` only where the caller loaded them (GET /tasks/{id})."""
         return cls(
             id=task.id,
@@ -197,7 +235,7 @@ class TaskAccepted(BaseModel):
     links: TaskLinks
 
     @classmethod
-    def for_task(cls, task: Task) -> TaskAccepted:
+    def for_task(cls, task: TaskView) -> TaskAccepted:
         return cls(
             id=task.id,
             agent_id=task.agent_id,

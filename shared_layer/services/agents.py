@@ -3,25 +3,74 @@
 Every lookup is scoped to the owner: another user's agent is `NotFound`, exactly like one
 that does not exist, so ids reveal nothing. Names are unique per owner; the database's unique
 constraint is the arbiter, so two concurrent creates of one name yield one agent and one
-`Conflict`, never two rows or a 500.
+`Conflict`, never two rows or a 500. Plain SQL (`shared_layer.sql`), returning `AgentRecord`s.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
 from shared_layer.errors import Conflict, NotFound
-from shared_layer.models import Agent
 from shared_layer.schemas.agents import AGENT_SETTINGS
-from shared_layer.services.accounts import get_active_user
+from shared_layer.services.users import get_active_user
+from shared_layer.sql import Db, UniqueViolation, as_datetime, as_uuid
 
-__all__ = ["create_agent", "delete_agent", "get_agent", "list_agents", "update_agent"]
+__all__ = [
+    "AGENT_COLUMNS",
+    "AgentRecord",
+    "agent_from_row",
+    "create_agent",
+    "delete_agent",
+    "get_agent",
+    "list_agents",
+    "update_agent",
+]
+
+AGENT_COLUMNS = (
+    "id, owner_id, name, description, system, model, system_prompt, temperature, max_tokens,"
+    " timeout_seconds, created_at, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """An `agents` row; a None setting means "use the environment default"."""
+
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    name: str
+    description: str | None
+    system: str | None
+    model: str | None
+    system_prompt: str | None
+    temperature: float | None
+    max_tokens: int | None
+    timeout_seconds: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def agent_from_row(row: Mapping[str, Any]) -> AgentRecord:
+    """An `agents` row (AGENT_COLUMNS) as a record, values as the ORM would give them."""
+    temperature = row["temperature"]
+    return AgentRecord(
+        id=as_uuid(row["id"]),
+        owner_id=as_uuid(row["owner_id"]),
+        name=row["name"],
+        description=row["description"],
+        system=row["system"],
+        model=row["model"],
+        system_prompt=row["system_prompt"],
+        temperature=None if temperature is None else float(temperature),
+        max_tokens=row["max_tokens"],
+        timeout_seconds=row["timeout_seconds"],
+        created_at=as_datetime(row["created_at"]),
+        updated_at=as_datetime(row["updated_at"]),
+    )
 
 
 def _name_taken(name: str) -> Conflict:
@@ -29,24 +78,19 @@ def _name_taken(name: str) -> Conflict:
 
 
 def _check_name_free(
-    session: Session, *, owner_id: uuid.UUID, name: str, except_id: uuid.UUID | None = None
+    db: Db, *, owner_id: uuid.UUID, name: str, except_id: uuid.UUID | None = None
 ) -> None:
-    query = select(Agent.id).where(Agent.owner_id == owner_id, Agent.name == name)
+    sql = "SELECT id FROM agents WHERE owner_id = :owner_id AND name = :name"
+    params: dict[str, Any] = {"owner_id": owner_id, "name": name}
     if except_id is not None:
-        query = query.where(Agent.id != except_id)
-    if session.scalar(query) is not None:
+        sql += " AND id != :except_id"
+        params["except_id"] = except_id
+    if db.one(sql, params) is not None:
         raise _name_taken(name)
 
 
-def _flush(session: Session, *, name: str) -> None:
-    try:
-        session.flush()
-    except IntegrityError as exc:  # a concurrent request took the name between check and write
-        raise _name_taken(name) from exc
-
-
 def create_agent(
-    session: Session,
+    db: Db,
     *,
     owner_id: uuid.UUID,
     name: str,
@@ -57,74 +101,108 @@ def create_agent(
     temperature: float | None = None,
     max_tokens: int | None = None,
     timeout_seconds: int | None = None,
-) -> Agent:
-    get_active_user(session, user_id=owner_id)  # a token outliving its user creates nothing
-    _check_name_free(session, owner_id=owner_id, name=name)
-    agent = Agent(
+) -> AgentRecord:
+    get_active_user(db, user_id=owner_id)  # a token outliving its user creates nothing
+    _check_name_free(db, owner_id=owner_id, name=name)
+    now = datetime.now(UTC)
+    agent = AgentRecord(
+        id=uuid.uuid4(),
         owner_id=owner_id,
         name=name,
         description=description,
         system=system,
         model=model,
         system_prompt=system_prompt,
-        temperature=temperature,
+        temperature=None if temperature is None else float(temperature),
         max_tokens=max_tokens,
         timeout_seconds=timeout_seconds,
+        created_at=now,
+        updated_at=now,
     )
-    session.add(agent)
-    _flush(session, name=name)
+    try:
+        db.insert("agents", vars(agent))
+    except UniqueViolation as exc:  # a concurrent request took the name between check and write
+        raise _name_taken(name) from exc
     return agent
 
 
 def list_agents(
-    session: Session, *, owner_id: uuid.UUID, limit: int, offset: int
-) -> tuple[list[Agent], int]:
+    db: Db, *, owner_id: uuid.UUID, limit: int, offset: int
+) -> tuple[list[AgentRecord], int]:
     """One page of the owner's agents, newest first, and how many there are in all."""
-    total = session.scalar(
-        select(func.count()).select_from(Agent).where(Agent.owner_id == owner_id)
+    params = {"owner_id": owner_id, "limit": limit, "offset": offset}
+    total = db.scalar("SELECT count(*) FROM agents WHERE owner_id = :owner_id", params)
+    rows = db.all(
+        f"SELECT {AGENT_COLUMNS} FROM agents WHERE owner_id = :owner_id"  # noqa: S608
+        " ORDER BY created_at DESC, id DESC LIMIT :limit OFFSET :offset",
+        params,
     )
-    items = session.scalars(
-        select(Agent)
-        .where(Agent.owner_id == owner_id)
-        .order_by(Agent.created_at.desc(), Agent.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return list(items), int(total or 0)
+    return [agent_from_row(row) for row in rows], int(total or 0)
 
 
-def get_agent(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> Agent:
-    agent = session.scalar(select(Agent).where(Agent.id == agent_id, Agent.owner_id == owner_id))
-    if agent is None:
+def get_agent(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> AgentRecord:
+    row = db.one(
+        f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = :id AND owner_id = :owner_id",  # noqa: S608
+        {"id": agent_id, "owner_id": owner_id},
+    )
+    if row is None:
         raise NotFound(f"no agent with id {agent_id}")
-    return agent
+    return agent_from_row(row)
 
 
 def update_agent(
-    session: Session,
+    db: Db,
     *,
     owner_id: uuid.UUID,
     agent_id: uuid.UUID,
     changes: Mapping[str, Any],
-) -> Agent:
+) -> AgentRecord:
     """Apply `changes` (field -> new value; None resets a setting to the environment default)."""
     unknown = set(changes) - {"name", *AGENT_SETTINGS}
     if unknown:  # the schema forbids these; reaching here is a programming error
         raise ValueError(f"not agent settings: {sorted(unknown)}")
-    agent = get_agent(session, owner_id=owner_id, agent_id=agent_id)
     name = changes.get("name")
     if "name" in changes and (name is None or not isinstance(name, str)):
         raise ValueError("an agent's name cannot be reset")
+    agent = _lock_agent(db, owner_id=owner_id, agent_id=agent_id)
     if name is not None and name != agent.name:
-        _check_name_free(session, owner_id=owner_id, name=name, except_id=agent.id)
-    for field, value in changes.items():
-        setattr(agent, field, value)
-    _flush(session, name=agent.name)
-    return agent
+        _check_name_free(db, owner_id=owner_id, name=name, except_id=agent.id)
+    changed = {f: v for f, v in changes.items() if v != getattr(agent, f)}
+    if not changed:  # as the ORM did: nothing changed, nothing written, updated_at kept
+        return agent
+    values = {**changed, "updated_at": datetime.now(UTC)}
+    assignments = ", ".join(f"{column} = :{column}" for column in values)  # names checked above
+    try:
+        db.execute(
+            f"UPDATE agents SET {assignments} WHERE id = :agent_id",  # noqa: S608
+            {**values, "agent_id": agent.id},
+        )
+    except UniqueViolation as exc:  # a concurrent request took the name
+        raise _name_taken(name or agent.name) from exc
+    return get_agent(db, owner_id=owner_id, agent_id=agent_id)
 
 
-def delete_agent(session: Session, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> None:
+def _lock_agent(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> AgentRecord:
+    """The owner's agent, locked until the transaction ends (a row lock on PostgreSQL; on
+    SQLite a no-op write first, since a SQLite transaction that has read may not write)."""
+    params = {"id": agent_id, "owner_id": owner_id}
+    if db.dialect == "sqlite":
+        db.execute("UPDATE agents SET name = name WHERE id = :id AND owner_id = :owner_id", params)
+    row = db.one(
+        f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = :id AND owner_id = :owner_id"  # noqa: S608
+        f"{db.for_update}",
+        params,
+    )
+    if row is None:
+        raise NotFound(f"no agent with id {agent_id}")
+    return agent_from_row(row)
+
+
+def delete_agent(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> None:
     """Delete the agent; its tasks (and their steps) go with it (ON DELETE CASCADE)."""
-    agent = get_agent(session, owner_id=owner_id, agent_id=agent_id)
-    session.delete(agent)
-    session.flush()
+    deleted = db.execute(
+        "DELETE FROM agents WHERE id = :id AND owner_id = :owner_id",
+        {"id": agent_id, "owner_id": owner_id},
+    )
+    if deleted == 0:
+        raise NotFound(f"no agent with id {agent_id}")

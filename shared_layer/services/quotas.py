@@ -7,7 +7,8 @@ Submission and agent creation hold the user's row lock while they count, so conc
 requests cannot both slip under a limit.
 
 Tokens are counted from stored task usage (`tasks.prompt_tokens + completion_tokens`), so the
-check before a model call adds the tokens the running task has used so far.
+check before a model call adds the tokens the running task has used so far. Plain SQL
+(`shared_layer.sql`); task_runner, which holds an ORM session, passes `Db.of_session(session)`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from shared_layer.errors import PlanLimitReached, QuotaExceeded
-from shared_layer.models import Agent, Task
 from shared_layer.services.billing import PlanStatus, lock_user, plan_in_effect
+from shared_layer.sql import Db
 
 __all__ = [
     "Usage",
@@ -40,20 +38,22 @@ class Usage:
     agents: int
 
 
-def usage_in_period(session: Session, *, user_id: uuid.UUID, status: PlanStatus) -> Usage:
+def usage_in_period(db: Db, *, user_id: uuid.UUID, status: PlanStatus) -> Usage:
     """Tasks submitted and tokens used in the billing period, and agents owned now."""
-    tasks, tokens = session.execute(
-        select(
-            func.count(Task.id),
-            func.coalesce(func.sum(Task.prompt_tokens + Task.completion_tokens), 0),
-        ).where(
-            Task.owner_id == user_id,
-            Task.created_at >= status.period_start,
-            Task.created_at < status.period_end,
-        )
-    ).one()
-    agents = session.scalar(select(func.count(Agent.id)).where(Agent.owner_id == user_id))
-    return Usage(int(tasks), int(tokens), int(agents or 0))
+    row = db.one(
+        "SELECT count(id) AS tasks,"
+        " coalesce(sum(prompt_tokens + completion_tokens), 0) AS tokens"
+        " FROM tasks WHERE owner_id = :user_id"
+        " AND created_at >= :start AND created_at < :end",
+        {"user_id": user_id, "start": status.period_start, "end": status.period_end},
+    )
+    assert row is not None, "an aggregate always has a row"
+    return Usage(int(row["tasks"]), int(row["tokens"]), _agents_owned(db, user_id))
+
+
+def _agents_owned(db: Db, user_id: uuid.UUID) -> int:
+    owned = db.scalar("SELECT count(id) FROM agents WHERE owner_id = :id", {"id": user_id})
+    return int(owned or 0)
 
 
 def _describe(status: PlanStatus, limit: str, used: int, allowed: int) -> dict[str, Any]:
@@ -86,13 +86,13 @@ def _check_model(status: PlanStatus, model: str) -> None:
         )
 
 
-def enforce_task_submission(session: Session, *, user_id: uuid.UUID, model: str) -> PlanStatus:
+def enforce_task_submission(db: Db, *, user_id: uuid.UUID, model: str) -> PlanStatus:
     """Refuse a task the user's plan does not allow now; the plan status when it does."""
-    lock_user(session, user_id=user_id)
-    status = plan_in_effect(session, user_id=user_id)
+    lock_user(db, user_id=user_id)
+    status = plan_in_effect(db, user_id=user_id)
     _check_model(status, model)
     limits = status.plan.limits
-    usage = usage_in_period(session, user_id=user_id, status=status)
+    usage = usage_in_period(db, user_id=user_id, status=status)
     if usage.tasks >= limits.tasks_per_month:
         raise _exceeded(status, "tasks_per_month", "tasks", usage.tasks, limits.tasks_per_month)
     if usage.tokens >= limits.tokens_per_month:
@@ -100,12 +100,12 @@ def enforce_task_submission(session: Session, *, user_id: uuid.UUID, model: str)
     return status
 
 
-def enforce_agent_creation(session: Session, *, user_id: uuid.UUID) -> None:
+def enforce_agent_creation(db: Db, *, user_id: uuid.UUID) -> None:
     """Refuse a new agent beyond the plan's number of agents."""
-    lock_user(session, user_id=user_id)
-    status = plan_in_effect(session, user_id=user_id)
+    lock_user(db, user_id=user_id)
+    status = plan_in_effect(db, user_id=user_id)
     allowed = status.plan.limits.agents
-    owned = session.scalar(select(func.count(Agent.id)).where(Agent.owner_id == user_id)) or 0
+    owned = _agents_owned(db, user_id)
     if owned >= allowed:
         raise PlanLimitReached(
             f"the {status.plan.name} plan allows {allowed} agents and you have {owned}; "
@@ -114,14 +114,12 @@ def enforce_agent_creation(session: Session, *, user_id: uuid.UUID) -> None:
         )
 
 
-def check_model_call(
-    session: Session, *, user_id: uuid.UUID, model: str, run_tokens: int = 0
-) -> None:
+def check_model_call(db: Db, *, user_id: uuid.UUID, model: str, run_tokens: int = 0) -> None:
     """Before a model call of a running task: the model is in the plan and the tokens used in
     the period, plus `run_tokens` this run has used so far, leave some of the quota."""
-    status = plan_in_effect(session, user_id=user_id)
+    status = plan_in_effect(db, user_id=user_id)
     _check_model(status, model)
-    usage = usage_in_period(session, user_id=user_id, status=status)
+    usage = usage_in_period(db, user_id=user_id, status=status)
     used = usage.tokens + run_tokens
     allowed = status.plan.limits.tokens_per_month
     if used >= allowed:

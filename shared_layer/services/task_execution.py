@@ -34,6 +34,7 @@ from shared_layer.services.task_claims import (
     release_task,
     settle_lapsed_lease,
 )
+from shared_layer.sql import Db, driver_errors
 
 __all__ = ["run_task"]
 
@@ -121,13 +122,18 @@ def _quota_guard(job: _Job) -> Callable[[int], None]:
     tokens. `QuotaExceeded` / `PlanLimitReached` fail the task with their reason, before any
     model call; a database error while checking is transient (the task is retried)."""
 
+    transient: tuple[type[Exception], ...] = (SQLAlchemyError, *driver_errors())
+
     def check(run_tokens: int) -> None:
         try:
             with session_scope() as session:
                 check_model_call(
-                    session, user_id=job.owner_id, model=job.config.model, run_tokens=run_tokens
+                    Db.of_session(session),
+                    user_id=job.owner_id,
+                    model=job.config.model,
+                    run_tokens=run_tokens,
                 )
-        except SQLAlchemyError as exc:
+        except transient as exc:
             raise UpstreamError(f"could not check the plan's quota: {type(exc).__name__}") from exc
 
     return check

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -17,13 +20,13 @@ import jwt
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import text, update
-from sqlalchemy.exc import IntegrityError
 
 from shared_layer.database import session_scope
 from shared_layer.errors import Conflict
 from shared_layer.models import Agent, Task, TaskStep
 from shared_layer.pubsub import LocalPushPublisher, get_publisher, set_local_push_target
-from tests.conftest import function_app, table_counts
+from shared_layer.sql import UniqueViolation, transaction
+from tests.conftest import FUNCTIONS, ROOT, function_app, table_counts
 from tests.support.cold_imports import first_request_imports, migrated_sqlite
 from tests.support.fake_pubsub import FakePubSub
 from tests.support.problems import assert_problem
@@ -229,13 +232,13 @@ def test_a_create_that_loses_the_race_at_insert_is_a_conflict_not_an_error(pg, u
 
     def loser() -> None:
         try:
-            with session_scope() as session:
-                create(session, owner_id=owner, name="race")
+            with transaction() as sql:
+                create(sql, owner_id=owner, name="race")
         except BaseException as exc:
             outcome.append(exc)
 
-    with session_scope() as session:
-        create(session, owner_id=owner, name="race")  # flushed, not committed
+    with transaction() as sql:
+        create(sql, owner_id=owner, name="race")  # inserted, not committed
         thread = threading.Thread(target=loser)
         thread.start()
         deadline = time.monotonic() + 10
@@ -247,7 +250,7 @@ def test_a_create_that_loses_the_race_at_insert_is_a_conflict_not_an_error(pg, u
     assert len(outcome) == 1
     assert isinstance(outcome[0], Conflict)
     assert "race" in outcome[0].detail
-    assert isinstance(outcome[0].__cause__, IntegrityError)  # it lost at the INSERT itself
+    assert isinstance(outcome[0].__cause__, UniqueViolation)  # it lost at the INSERT itself
     assert table_counts(pg)["agents"] == 1
 
 
@@ -684,3 +687,73 @@ def test_listing_agents_on_a_cold_instance_imports_no_llm_pubsub_stripe_alembic_
         "email_validator",
     )
     assert cold.loaded(heavy) == []
+
+
+# A fresh interpreter serving one request after another; `{agent_id}` / `{task_id}` in a path
+# are the ids the create / submit before it answered with.
+_SERVE_IN_TURN = """
+import json, sys
+import functions_framework
+spec = json.loads(sys.argv[1])
+app = functions_framework.create_app(target="agents", source=spec["source"]).test_client()
+ids, answers = {}, []
+for method, path, body in spec["requests"]:
+    response = app.open(path.format(**ids), method=method, headers=spec["headers"], json=body)
+    answer = response.get_json(silent=True) or {}
+    answers.append([method, path, response.status_code, answer])
+    if path == "/agents" and method == "POST":
+        ids["agent_id"] = answer.get("id")
+    if path.endswith("/tasks") and method == "POST":
+        ids["task_id"] = answer.get("id")
+print(json.dumps({"answers": answers, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_agents_serves_agents_and_tasks_without_importing_sqlalchemy(
+    tmp_path, settings_env, user_token
+):
+    """Create, list and get an agent, submit a task, get it and list tasks on a cold instance:
+    all through plain SQL, so SQLAlchemy (and the models built on it) is never imported."""
+    url = migrated_sqlite(tmp_path)
+    settings_env(DATABASE_URL=url)
+    _, token = user_token()
+    requests = [
+        ("POST", "/agents", {"name": "cold", "temperature": 0.5}),
+        ("GET", "/agents", None),
+        ("GET", "/agents/{agent_id}", None),
+        ("POST", "/agents/{agent_id}/tasks", {"input": "hello"}),
+        ("GET", "/tasks/{task_id}", None),
+        ("GET", "/tasks", None),
+    ]
+    spec = {
+        "source": str(FUNCTIONS / "agents" / "main.py"),
+        "headers": {"Authorization": token},
+        "requests": requests,
+    }
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "SECRET_MANAGER", "MONITORING_"))
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_IN_TURN, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "DATABASE_URL": url, "MONITORING_FLUSH_SECONDS": "60", "PYTHONPATH": str(ROOT)},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    statuses = [(method, path, status) for method, path, status, _ in result["answers"]]
+    assert [status for *_, status in statuses] == [201, 200, 200, 202, 200, 200], statuses
+    answers = [answer for *_, answer in result["answers"]]
+    assert answers[1]["total"] == 1
+    assert answers[2]["temperature"] == 0.5
+    assert (answers[4]["status"], answers[4]["steps"]) == ("queued", [])
+    assert [t["id"] for t in answers[5]["items"]] == [answers[3]["id"]]
+    orm = ("sqlalchemy", "shared_layer.models", "shared_layer.database", "shared_layer.idempotency")
+    loaded = [m for m in result["modules"] if any(m == p or m.startswith(p + ".") for p in orm)]
+    assert loaded == []

@@ -14,6 +14,7 @@ from shared_layer.database import session_scope
 from shared_layer.errors import InvalidInput
 from shared_layer.models import Subscription
 from shared_layer.services.billing import calendar_month, plan_in_effect
+from shared_layer.sql import transaction
 
 
 def test_the_default_plans_rise_from_free_to_team_and_allow_any_model():
@@ -105,8 +106,8 @@ def test_the_grace_period_of_a_past_due_subscription_is_configurable(db, setting
         )
 
     def plan() -> str:
-        with session_scope() as session:
-            return plan_in_effect(session, user_id=user_id).plan.name
+        with transaction() as sql:
+            return plan_in_effect(sql, user_id=user_id).plan.name
 
     assert plan() == "team"  # 4 days into the default 7
     settings_env(BILLING_GRACE_PERIOD_DAYS="3")
