@@ -7,7 +7,8 @@ oldest has waited `MONITORING_FLUSH_SECONDS`. That write happens on the thread o
 that found it due, while the request still holds the CPU (a serverless instance may get none
 once it has answered). A timer flushes an idle instance's rows; the process's exit (Cloud Run
 sends SIGTERM and allows ten seconds) flushes what is left. `MONITORING_BATCH_SIZE=1` writes
-every row at once (the tests do).
+every row at once (the tests do). Every HTTP function writes these rows, so they go through
+`shared_layer.sql`, never SQLAlchemy (whose import alone costs more than a bare cold start).
 
 Rows belong to the settings they were recorded under: when the settings are rebuilt (a test
 switching databases), rows recorded for the old database are dropped rather than written to
@@ -17,13 +18,13 @@ the new one.
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import threading
 import time
 from typing import Any
 
 from shared_layer.config import Settings, get_settings
+from shared_layer.sql import Db, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -51,32 +52,27 @@ SELECT * FROM unnest(
 """
 
 
-@functools.cache
-def _postgres_insert() -> Any:
-    from sqlalchemy import text
-
-    return text(_POSTGRES_INSERT)
+_SQLITE_INSERT = f"INSERT INTO api_call_metrics ({', '.join(_COLUMNS)}) VALUES"
+_SQLITE_ROWS_PER_INSERT = 500  # 8 parameters a row, well under SQLite's limit of 32766
 
 
-@functools.cache
-def _generic_insert() -> Any:
-    from sqlalchemy import insert
-
-    from shared_layer.models import ApiCallMetric
-
-    return insert(ApiCallMetric)
-
-
-def _insert_rows(connection: Any, batch: list[dict[str, Any]]) -> None:
-    if connection.dialect.name != "postgresql":
-        connection.execute(_generic_insert(), batch)  # SQLite: in-process, a row costs little
+def _insert_rows(db: Db, batch: list[dict[str, Any]]) -> None:
+    if db.dialect != "postgresql":  # SQLite: in-process, a multi-row VALUES list
+        for start in range(0, len(batch), _SQLITE_ROWS_PER_INSERT):
+            chunk = batch[start : start + _SQLITE_ROWS_PER_INSERT]
+            params = {f"{name}_{i}": row[name] for i, row in enumerate(chunk) for name in _COLUMNS}
+            rows = ", ".join(
+                "(" + ", ".join(f":{name}_{i}" for name in _COLUMNS) + ")"
+                for i in range(len(chunk))
+            )
+            db.execute(f"{_SQLITE_INSERT} {rows}", params)
         return
     columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
     for row in batch:
         for name, values in columns.items():
             value = row[name]
             values.append(str(value) if name == "user_id" and value is not None else value)
-    connection.execute(_postgres_insert(), columns)
+    db.execute(_POSTGRES_INSERT, columns)
 
 
 class MetricsBuffer:
@@ -151,11 +147,9 @@ class MetricsBuffer:
 
     @staticmethod
     def _write(batch: list[dict[str, Any]]) -> bool:
-        from shared_layer.database import get_engine
-
         try:
-            with get_engine().begin() as connection:
-                _insert_rows(connection, batch)
+            with transaction() as db:
+                _insert_rows(db, batch)
         except Exception as exc:  # monitoring must never fail the request it watches
             first = str(exc).splitlines()[0][:300] if str(exc) else ""
             logger.warning(

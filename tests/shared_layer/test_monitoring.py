@@ -17,6 +17,7 @@ from sqlalchemy import Engine, event, select
 from shared_layer.database import session_scope
 from shared_layer.models import ApiCallMetric, TaskMetric
 from shared_layer.monitoring import cost_micros, flush_metrics, monitor_api_call
+from shared_layer.sql import Db
 
 
 def _api_rows() -> list[ApiCallMetric]:
@@ -31,13 +32,16 @@ def _task_rows() -> list[TaskMetric]:
 
 
 class InsertCounter:
-    """Counts INSERT statements sent to the database per table (executemany counts once)."""
+    """Counts INSERT statements sent to the database per table (executemany counts once):
+    through SQLAlchemy's engines and through `shared_layer.sql` (the API-call metrics)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self) -> None:
         self.statements: list[str] = []
 
     def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.seen(statement)
+
+    def seen(self, statement: str) -> None:
         if statement.lstrip().upper().startswith("INSERT"):
             self.statements.append(statement)
 
@@ -46,9 +50,17 @@ class InsertCounter:
 
 
 @pytest.fixture
-def inserts(db: Engine) -> Iterator[InsertCounter]:
-    """On every engine: a test that changes the settings gets a new one."""
-    counter = InsertCounter(db)
+def inserts(db: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[InsertCounter]:
+    """On every engine (a test that changes the settings gets a new one), and on every `Db`:
+    each statement is noted, then run as it would have been."""
+    counter = InsertCounter()
+    run = Db._run
+
+    def noting(self: Db, sql: str, params: Any) -> Any:
+        counter.seen(sql)
+        return run(self, sql, params)
+
+    monkeypatch.setattr(Db, "_run", noting)
     event.listen(Engine, "before_cursor_execute", counter)
     yield counter
     event.remove(Engine, "before_cursor_execute", counter)
