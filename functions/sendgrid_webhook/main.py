@@ -25,7 +25,7 @@ from shared_layer.email.event_signature import (
 from shared_layer.errors import UpstreamError
 from shared_layer.http import ApiRequest, Router, invalid_input_from, parse_json
 from shared_layer.schemas.billing import SendGridBatch, SendGridWebhookReceipt
-from shared_layer.services.email import record_sendgrid_events
+from shared_layer.services.email_events import record_sendgrid_events
 
 logger = logging.getLogger(__name__)
 router = Router("sendgrid_webhook")
