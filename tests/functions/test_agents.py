@@ -188,7 +188,7 @@ def test_agent_list_is_paginated_newest_first_with_metadata(db, api, user_token)
     assert beyond["total"] == 5
 
 
-def test_concurrent_creates_of_one_name_make_exactly_one_agent(pg, api, user_token, settings_env):
+def test_concurrent_creates_of_one_name_make_exactly_one_agent(db, api, user_token, settings_env):
     settings_env(DATABASE_POOL_SIZE="12")
     _, token = user_token()
     barrier = threading.Barrier(8)
@@ -207,7 +207,7 @@ def test_concurrent_creates_of_one_name_make_exactly_one_agent(pg, api, user_tok
         thread.join(30)
 
     assert sorted(statuses) == [201] + [409] * 7
-    assert table_counts(pg)["agents"] == 1
+    assert table_counts(db)["agents"] == 1
 
 
 def _sessions_waiting_on_locks(engine: Any) -> int:

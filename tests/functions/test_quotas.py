@@ -179,7 +179,9 @@ def test_an_agent_beyond_the_plans_number_of_agents_is_a_403(db, client, setting
     assert table_counts(db) == before
 
 
-def test_concurrent_submissions_cannot_slip_past_the_quota(pg, settings_env, user_token):
+def test_concurrent_submissions_cannot_slip_past_the_quota(db, settings_env, user_token):
+    """The user's lock serialises the count and the insert: a row lock on PostgreSQL, the one
+    write transaction on SQLite."""
     settings_env(BILLING_PLANS=plans(tasks_per_month=3))
     user_id, token = user_token()
     agent_id = new_agent(user_id)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
 
@@ -16,6 +19,8 @@ from shared_layer.agent_config import (
 from shared_layer.database import session_scope
 from shared_layer.errors import InvalidInput
 from shared_layer.models import Agent
+from shared_layer.services.agents import get_agent
+from shared_layer.sql import transaction
 
 ENV = {
     "OPENAI_MODEL": "env-model",
@@ -101,6 +106,32 @@ def test_overrides_stored_in_the_database_are_applied(db, env, queued_task):
         config = resolve_agent_config(session.get(Agent, created.agent_id))
     assert (config.system, config.temperature, config.model) == ("enhanced", 0.0, "stored-model")
     assert config.max_tokens == 200  # NULL column: the environment's default
+
+
+def test_an_agent_record_read_in_plain_sql_resolves_as_its_orm_row_does(db, env, queued_task):
+    created = queued_task(system="enhanced", temperature=0.0, model="stored-model")
+    with transaction() as sql:
+        record = get_agent(sql, owner_id=created.owner_id, agent_id=created.agent_id)
+    with session_scope() as session:
+        orm = resolve_agent_config(session.get(Agent, created.agent_id))
+    assert resolve_agent_config(record) == orm
+
+
+def test_the_agent_schemas_config_and_services_import_no_sqlalchemy():
+    """What the agents function loads to read agents and tasks stands apart from the ORM."""
+    modules = (
+        "shared_layer.agent_config",
+        "shared_layer.schemas.agents",
+        "shared_layer.services.agents",
+        "shared_layer.services.tasks",
+        "shared_layer.services.quotas",
+        "shared_layer.services.billing",
+    )
+    probe = f"import sys; import {', '.join(modules)}; print('sqlalchemy' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(
