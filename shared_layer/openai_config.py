@@ -1,22 +1,28 @@
 """The language model: chat completions and embeddings, from OpenAI or an offline stand-in.
 
-`settings.llm_mode` decides the provider. `openai` uses one cached `openai.OpenAI` client
-pointed at `OPENAI_BASE_URL` (so any OpenAI-compatible server works); `offline` answers
-deterministically from the messages and says so (provider "offline", content starting with
-"[offline]"), so a local stack runs without a key and nobody mistakes its output for a model's.
+`settings.llm_mode` decides the provider. `openai` talks to `OPENAI_BASE_URL` (so any
+OpenAI-compatible server works) through one cached `LLMClient` (shared_layer/llm_http.py, the
+wire protocol on the standard library: the `openai` SDK costs a cold start about half a
+second); `offline` answers deterministically from the messages and says so (provider
+"offline", content starting with "[offline]"), so a local stack runs without a key and nobody
+mistakes its output for a model's.
 
-The `openai` package is imported only when a call needs it: functions that never talk to a model
-do not pay for it at cold start. Vendor errors are translated here, where the vendor is called:
+The client is imported only when a call needs it: functions that never talk to a model do not
+pay for it at cold start. Its errors are translated here, where the model is called:
 
-    openai.RateLimitError, APITimeoutError, APIConnectionError, 5xx  -> UpstreamError (retry)
-    any other 4xx (bad request, unknown model, bad key), bad shapes  -> LLMRequestError (don't)
+    timeouts, connection errors, 408/409/429, 5xx            -> UpstreamError (retry)
+    any other 4xx (bad request, unknown model, bad key),
+    a body that is not JSON or not the expected shape        -> LLMRequestError (don't)
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
+import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -28,7 +34,7 @@ from shared_layer.errors import LLMRequestError, UpstreamError
 from shared_layer.logging_config import get_agent_logger
 
 if TYPE_CHECKING:
-    import openai
+    from shared_layer.llm_http import LLMClient, LLMHTTPError
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
@@ -55,7 +61,7 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}")
 logger = get_agent_logger()
 
 _lock = threading.Lock()
-_client: tuple[tuple[Any, ...], openai.OpenAI] | None = None
+_client: tuple[tuple[Any, ...], LLMClient] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,8 +85,12 @@ def validate_model(name: str) -> bool:
     return isinstance(name, str) and _MODEL_NAME.fullmatch(name) is not None
 
 
-def get_client() -> openai.OpenAI:
-    """The process's OpenAI client, rebuilt only when the settings it was built from change."""
+def get_client() -> LLMClient:
+    """The process's model API client, rebuilt only when the settings it was built from change.
+
+    Organization and project come from `OPENAI_ORG_ID` / `OPENAI_PROJECT_ID`, as the `openai`
+    SDK reads them; a bad `OPENAI_BASE_URL` is an `LLMRequestError` (retrying cannot help).
+    """
     global _client
     settings = get_settings()
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
@@ -89,21 +99,29 @@ def get_client() -> openai.OpenAI:
         settings.openai_base_url,
         settings.openai_timeout_seconds,
         settings.openai_max_retries,
+        os.environ.get("OPENAI_ORG_ID") or None,
+        os.environ.get("OPENAI_PROJECT_ID") or None,
     )
     current = _client
     if current is not None and current[0] == identity:
         return current[1]
     with _lock:
         if _client is None or _client[0] != identity:
-            import openai
+            from shared_layer.llm_http import LLMClient
 
-            client = openai.OpenAI(
-                # A local OpenAI-compatible server usually needs no key, but the client wants one.
-                api_key=key or "unused",
-                base_url=settings.openai_base_url or None,
-                timeout=settings.openai_timeout_seconds,
-                max_retries=settings.openai_max_retries,
-            )
+            try:
+                client = LLMClient(
+                    base_url=settings.openai_base_url,
+                    api_key=key,  # a local OpenAI-compatible server usually needs none
+                    timeout=settings.openai_timeout_seconds,
+                    max_retries=settings.openai_max_retries,
+                    organization=identity[4],
+                    project=identity[5],
+                )
+            except ValueError as exc:
+                raise LLMRequestError(
+                    f"OPENAI_BASE_URL: {exc}", extra={"provider": "openai"}
+                ) from exc
             _client = (identity, client)
         return _client[1]
 
@@ -165,55 +183,74 @@ def _openai_chat(
     timeout: float | None,
     started: float,
 ) -> ChatResult:
-    import openai
+    from shared_layer.llm_http import LLMHTTPError
 
-    client = get_client()
-    options: dict[str, Any] = {}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [dict(m) for m in messages],
+        "temperature": temperature,
+    }
     if max_tokens is not None:
-        options["max_tokens"] = max_tokens
+        body["max_tokens"] = max_tokens
     if user_id is not None:
-        options["user"] = str(user_id)
-    if timeout is not None:
-        options["timeout"] = timeout
+        body["user"] = str(user_id)
     try:
-        response = client.chat.completions.create(
-            model=model,
-            messages=[dict(m) for m in messages],  # type: ignore[misc]
-            temperature=temperature,
-            **options,
-        )
-    except openai.OpenAIError as exc:
+        response = get_client().post("/chat/completions", body, timeout=timeout)
+    except LLMHTTPError as exc:
         raise translate_error(exc, what="chat completion") from exc
-    if not response.choices:
-        raise LLMRequestError(f"model {model} returned no choices")
-    choice = response.choices[0]
-    usage = response.usage
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise LLMRequestError(f"model {model} returned no choices", extra={"provider": "openai"})
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(message, dict) or not isinstance(content, str | None):
+        raise _malformed("chat completion", "its first choice has no message")
+    usage = response.get("usage") or {}
+    if not isinstance(usage, dict):
+        raise _malformed("chat completion", "its usage is not an object")
+    answered_model = response.get("model")
+    finish_reason = choice.get("finish_reason")
     return ChatResult(
-        content=choice.message.content or "",
-        model=response.model or model,
+        content=content or "",
+        model=answered_model if isinstance(answered_model, str) and answered_model else model,
         provider="openai",
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
+        prompt_tokens=_token_count(usage, "prompt_tokens"),
+        completion_tokens=_token_count(usage, "completion_tokens"),
         duration_ms=(time.perf_counter() - started) * 1000,
-        finish_reason=choice.finish_reason,
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
     )
 
 
-def translate_error(exc: openai.OpenAIError, *, what: str) -> UpstreamError | LLMRequestError:
-    """Our error for an `openai` exception: retryable or permanent."""
-    import openai
+def _token_count(usage: Mapping[str, Any], name: str) -> int:
+    value = usage.get(name, 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _malformed("chat completion", f"its usage.{name} is not a count")
+    return value
 
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-        kind = "timed out" if isinstance(exc, openai.APITimeoutError) else "could not connect"
-        return UpstreamError(f"{what} {kind}: {exc}", extra={"provider": "openai"})
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
+
+def _malformed(what: str, why: str) -> LLMRequestError:
+    return LLMRequestError(
+        f"{what} failed: the answer has the wrong shape ({why})", extra={"provider": "openai"}
+    )
+
+
+def translate_error(exc: LLMHTTPError, *, what: str) -> UpstreamError | LLMRequestError:
+    """Our error for a model API client error: retryable or permanent."""
+    from shared_layer.llm_http import StatusError, TransportError
+
+    if isinstance(exc, TransportError):
+        return UpstreamError(f"{what} {exc.kind}: {exc}", extra={"provider": "openai"})
+    if isinstance(exc, StatusError):
+        status = exc.status
         detail = f"{what} failed with HTTP {status}: {exc.message}"
         extra = {"provider": "openai", "upstream_status": status}
         if status >= 500 or status in _RETRYABLE_STATUSES:
             return UpstreamError(detail, extra=extra)
         return LLMRequestError(detail, extra=extra)
-    # response validation errors, missing configuration
+    # a body that is not a JSON object
     return LLMRequestError(f"{what} failed: {exc}", extra={"provider": "openai"})
 
 
@@ -251,15 +288,37 @@ def create_embedding(text: str, *, model: str = DEFAULT_EMBEDDING_MODEL) -> list
     """The embedding of `text`; offline, a hashed bag of words (similar words, similar vectors)."""
     if get_settings().llm_mode == "offline":
         return _offline_embedding(text)
-    import openai
+    from shared_layer.llm_http import LLMHTTPError
 
+    # base64 (float32, little-endian) is what the SDK asks for: a quarter of the JSON's size.
+    body = {"input": text, "model": model, "encoding_format": "base64"}
     try:
-        response = get_client().embeddings.create(input=text, model=model)
-    except openai.OpenAIError as exc:
+        response = get_client().post("/embeddings", body)
+    except LLMHTTPError as exc:
         raise translate_error(exc, what="embedding") from exc
-    if not response.data:
-        raise LLMRequestError(f"model {model} returned no embedding")
-    return [float(x) for x in response.data[0].embedding]
+    data = response.get("data")
+    if not isinstance(data, list) or not data:
+        raise LLMRequestError(f"model {model} returned no embedding", extra={"provider": "openai"})
+    embedding = data[0].get("embedding") if isinstance(data[0], dict) else None
+    return _embedding_vector(embedding)
+
+
+def _embedding_vector(embedding: object) -> list[float]:
+    """The floats of an embedding sent as base64 float32 or (servers that ignore the encoding
+    asked for) as a JSON list."""
+    if isinstance(embedding, str):
+        try:
+            raw = base64.b64decode(embedding, validate=True)
+        except ValueError:
+            raise _malformed("embedding", "not base64") from None
+        if len(raw) % 4:
+            raise _malformed("embedding", "not a whole number of float32s")
+        return [float(x) for x in struct.unpack(f"<{len(raw) // 4}f", raw)]
+    if isinstance(embedding, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in embedding
+    ):
+        return [float(x) for x in embedding]
+    raise _malformed("embedding", "no vector")
 
 
 def _offline_embedding(text: str) -> list[float]:

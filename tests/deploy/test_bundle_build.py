@@ -172,7 +172,7 @@ def test_a_library_reached_through_shared_layer_counts_too(tmp_path):
         BASE_REQUIREMENTS + "sqlalchemy\npydantic\npydantic-settings\n",
     )
 
-    with pytest.raises(BundleError, match=r"openai \(openai in shared_layer\.openai_config\)"):
+    with pytest.raises(BundleError, match=r"tenacity \(tenacity in shared_layer\.llm_http\)"):
         build_bundles(["llm_user"], out=tmp_path / "out", root=root)
 
 

@@ -1,4 +1,5 @@
-"""The LLM layer: the real `openai` client against a loopback OpenAI API; the offline provider."""
+"""The LLM layer: Stratus's own client against a loopback OpenAI API (the fake is checked
+against the real `openai` SDK in test_llm_http.py); the offline provider."""
 
 from __future__ import annotations
 
@@ -187,6 +188,26 @@ def test_validate_model_accepts_model_ids_and_rejects_other_text(name, valid):
     assert validate_model(name) is valid
 
 
-def test_importing_the_llm_layer_does_not_import_openai():
-    code = "import sys, shared_layer.openai_config; sys.exit('openai' in sys.modules)"
+def test_importing_the_llm_layer_imports_no_model_client():
+    code = (
+        "import sys, shared_layer.openai_config\n"
+        "sys.exit('openai' in sys.modules or 'shared_layer.llm_http' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
+
+
+def test_calling_the_model_never_imports_the_openai_sdk(fake_openai):
+    code = (
+        "import sys\n"
+        "from shared_layer.openai_config import create_chat_completion, create_embedding\n"
+        "reply = create_chat_completion(messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "assert reply.content == 'echo: hi', reply\n"
+        "create_embedding('hi')\n"
+        "sdk = sorted(m for m in sys.modules if m.split('.')[0] in ('openai', 'httpx'))\n"
+        "sys.exit(f'imported {sdk}' if sdk else 0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=False, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(fake_openai.requests) == 2

@@ -170,10 +170,17 @@ def test_a_simple_agent_sends_its_configuration_to_the_model(db, queued_task, fa
     assert (request.body["model"], request.body["temperature"]) == ("agent-model", 0.0)
     assert request.body["max_tokens"] == 77
     assert request.body["user"] == str(created.owner_id)
-    assert float(request.headers["x-stainless-read-timeout"]) == 7.0  # the agent's timeout
     task, [step] = load(created.task_id)
     assert (task.result, task.provider, task.model) == ("echo: Hi", "openai", "agent-model")
     assert (task.prompt_tokens, task.completion_tokens) == (step.prompt_tokens, 2)
+
+
+def test_an_agents_timeout_bounds_its_model_call(db, queued_task, fake_openai):
+    created = queued_task("Hi", timeout_seconds=1)
+    fake_openai.delay_seconds = 1.5  # longer than the agent's timeout, shorter than the default
+    with pytest.raises(UpstreamError, match="timed out"):
+        run_task(created.task_id)
+    assert load(created.task_id)[0].status == "queued"
 
 
 def test_an_enhanced_agent_plans_then_answers_with_its_recent_tasks_as_memory(

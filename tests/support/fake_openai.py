@@ -4,6 +4,9 @@ It answers `POST /v1/chat/completions` and `POST /v1/embeddings` with the JSON s
 returns, derived deterministically from the request (the chat answer is
 `echo: <last user message>`), records every request, and can be told to fail the next N calls
 with a status (429, 500, 400, ...) or to answer slowly. Errors carry OpenAI's error body.
+`answer_next` sends exact bytes instead (bodies that are not JSON, wrong shapes, odd headers);
+`connections` counts the TCP connections clients opened, and `drop_connections` closes each
+after its answer without saying so, as a server does with an idle keep-alive connection.
 
     with FakeOpenAIServer() as server:
         settings_env(LLM_PROVIDER="openai", OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="k")
@@ -23,7 +26,7 @@ import math
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tests.support.loopback import (
@@ -70,11 +73,29 @@ def fake_embedding(text: str) -> list[float]:
     return [x / norm for x in raw]
 
 
+class _Headers(dict[str, str]):
+    """Recorded headers, looked up in any case (clients spell header names differently)."""
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(name.lower(), default)
+
+
 class _Handler(LoopbackHandler):
     server: LoopbackHTTPServer[FakeOpenAIServer]
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.fake._lock:
+            self.server.fake.connections += 1
+
     def do_GET(self) -> None:
-        self.server.fake._record(RecordedRequest("GET", self.path, dict(self.headers.items()), {}))
+        self.server.fake._record(RecordedRequest("GET", self.path, self._headers(), {}))
         if self.path.rstrip("/") == "/v1/models":
             models = [
                 {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
@@ -91,9 +112,16 @@ class _Handler(LoopbackHandler):
             self._error(400, "We could not parse the JSON body of your request.")
             return
         fake = self.server.fake
-        fake._record(RecordedRequest("POST", self.path, dict(self.headers.items()), body))
+        fake._record(RecordedRequest("POST", self.path, self._headers(), body))
         if fake.delay_seconds:
             time.sleep(fake.delay_seconds)
+        if fake.drop_connections:
+            self.close_connection = True  # after this answer, with no `Connection: close`
+        with fake._lock:
+            canned = fake._canned.pop(0) if fake._canned else None
+        if canned is not None:
+            self._send_raw(*canned)
+            return
         status = fake._take_failure()
         if status is not None:
             self._error(status, f"Simulated failure with status {status}.")
@@ -105,6 +133,9 @@ class _Handler(LoopbackHandler):
             self._send(200, self._embeddings(body))
         else:
             self._error(404, f"Unknown route POST {self.path}")
+
+    def _headers(self) -> dict[str, str]:
+        return _Headers({name.lower(): value for name, value in self.headers.items()})
 
     def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
         messages = body.get("messages") or []
@@ -157,6 +188,14 @@ class _Handler(LoopbackHandler):
         body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
         self._send(status, body, headers)
 
+    def _send_raw(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
     def _send(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
@@ -173,10 +212,26 @@ class FakeOpenAIServer(LoopbackServer[RecordedRequest]):
     url_suffix = "/v1"
 
     delay_seconds: float = 0.0
+    drop_connections: bool = False
+    connections: int = 0
     _counter: int = 0
+    _canned: list[tuple[int, bytes, dict[str, str]]] = field(default_factory=list)
 
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.startswith("/v1/chat/completions")]
+
+    def answer_next(
+        self,
+        status: int,
+        body: bytes | dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the next POST with exactly this (a dict is sent as JSON), before failures."""
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        with self._lock:
+            self._canned.append((status, body, headers or {}))
 
     def _next_id(self) -> int:
         with self._lock:
