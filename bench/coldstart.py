@@ -133,14 +133,16 @@ class Fixtures:
         from shared_layer.migrate import upgrade
         from shared_layer.models import Agent
         from shared_layer.services.accounts import register_user
+        from shared_layer.sql import transaction
 
         reset_settings()
         reset_engine()
         upgrade(get_engine())
-        with session_scope() as session:
+        with transaction() as db:
             user = register_user(
-                session, email=f"bench-{uuid.uuid4().hex[:8]}@example.com", password=PASSWORD
+                db, email=f"bench-{uuid.uuid4().hex[:8]}@example.com", password=PASSWORD
             )
+        with session_scope() as session:
             agent = Agent(owner_id=user.id, name="bench agent")
             session.add(agent)
             session.flush()

@@ -7,9 +7,7 @@ import logging
 import flask
 import functions_framework
 
-from shared_layer.database import session_scope
 from shared_layer.http import ApiRequest, Router
-from shared_layer.models import User
 from shared_layer.schemas.accounts import (
     LoginRequest,
     RefreshRequest,
@@ -18,23 +16,25 @@ from shared_layer.schemas.accounts import (
     UserPublic,
 )
 from shared_layer.services import accounts
+from shared_layer.services.users import UserRecord
+from shared_layer.sql import transaction
 
 logger = logging.getLogger(__name__)
 router = Router("auth")
 
 
-def _public(user: User) -> UserPublic:
+def _public(user: UserRecord) -> UserPublic:
     return UserPublic.model_validate(user)
 
 
 @router.route("POST", "/register")
 def register(req: ApiRequest) -> tuple[UserPublic, int]:
     body = req.parse(UserCreate)
-    with session_scope() as session:
+    with transaction() as db:
         user = accounts.register_user(
-            session, email=body.email, password=body.password, full_name=body.full_name
+            db, email=body.email, password=body.password, full_name=body.full_name
         )
-        created = _public(user)
+    created = _public(user)
     _send_welcome(created)
     return created, 201
 
@@ -53,22 +53,22 @@ def _send_welcome(user: UserPublic) -> None:
 @router.route("POST", "/login")
 def login(req: ApiRequest) -> TokenPair:
     body = req.parse(LoginRequest)
-    with session_scope() as session:
-        user = accounts.authenticate_user(session, email=body.email, password=body.password)
-        return accounts.issue_tokens(session, user=user)
+    with transaction() as db:
+        user = accounts.authenticate_user(db, email=body.email, password=body.password)
+    with transaction() as db:  # a write of its own: see services/accounts.py
+        return accounts.issue_tokens(db, user=user)
 
 
 @router.route("POST", "/refresh")
 def refresh(req: ApiRequest) -> TokenPair:
     body = req.parse(RefreshRequest)
-    with session_scope() as session:
-        return accounts.rotate_refresh_token(session, refresh_token=body.refresh_token)
+    return accounts.rotate_refresh_token(refresh_token=body.refresh_token)  # owns its transaction
 
 
 @router.route("GET", "/me", auth=True)
 def me(req: ApiRequest) -> UserPublic:
-    with session_scope() as session:
-        return _public(accounts.get_active_user(session, user_id=req.caller))
+    with transaction() as db:
+        return _public(accounts.get_active_user(db, user_id=req.caller))
 
 
 @functions_framework.http

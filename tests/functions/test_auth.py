@@ -7,10 +7,14 @@ database as it was, and carry no stack trace, password or secret.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import uuid
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +25,7 @@ from sqlalchemy import update
 from shared_layer.auth import create_email_verification_token, create_password_reset_token
 from shared_layer.database import session_scope
 from shared_layer.models import User
-from tests.conftest import BASE_ENV, table_counts
+from tests.conftest import BASE_ENV, FUNCTIONS, ROOT, table_counts
 from tests.support.cold_imports import first_request_imports, migrated_sqlite
 from tests.support.problems import assert_problem as problem
 
@@ -409,6 +413,46 @@ def test_concurrent_duplicate_registration_gives_one_201_and_one_409(pg, client,
     assert table_counts(pg)["users"] == 1
 
 
+@contextmanager
+def sqlite_writer_for(path: str, seconds: float) -> Iterator[None]:
+    """Another connection holds SQLite's write lock (an open write transaction) for `seconds`
+    from the start of the block, then commits."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(seconds, other.execute, ("COMMIT",))
+    release.start()
+    try:
+        yield
+    finally:
+        release.join()
+        other.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_on_sqlite_register_login_and_refresh_wait_for_another_writer(db, auth_client):
+    """A transaction that read before writing would fail at once ("database is locked");
+    each route's writing transactions begin with their write, so they wait their turn."""
+    register(auth_client)
+    pair = login(auth_client).get_json()
+    path = db.url.database
+    before = table_counts(db)
+
+    with sqlite_writer_for(path, 0.3):
+        registered = register(auth_client, email="bob@example.com")
+    with sqlite_writer_for(path, 0.3):
+        logged_in = login(auth_client)
+    with sqlite_writer_for(path, 0.3):
+        refreshed = auth_client.post("/refresh", json={"refresh_token": pair["refresh_token"]})
+
+    assert registered.status_code == 201, registered.get_data(as_text=True)
+    assert logged_in.status_code == 200, logged_in.get_data(as_text=True)
+    assert refreshed.status_code == 200, refreshed.get_data(as_text=True)
+    after = table_counts(db)
+    assert after["users"] == before["users"] + 1
+    assert after["email_messages"] == before["email_messages"] + 1  # bob's welcome
+    assert after["refresh_tokens"] == before["refresh_tokens"] + 2
+
+
 # -- cold start -----------------------------------------------------------------------------
 
 
@@ -442,3 +486,69 @@ def test_registering_on_a_cold_instance_imports_no_llm_pubsub_stripe_alembic_or_
         "cryptography",
     )
     assert cold.loaded(heavy) == []
+
+
+# A fresh interpreter that registers, logs in, refreshes and asks /me, then writes the batched
+# API-call metrics (as the idle timer or the exit would).
+_SERVE_IN_TURN = """
+import json, sys
+import functions_framework
+spec = json.loads(sys.argv[1])
+app = functions_framework.create_app(target="auth", source=spec["source"]).test_client()
+credentials = {"email": "cold@example.com", "password": spec["password"]}
+statuses = []
+response = app.post("/register", json=credentials)
+statuses.append(response.status_code)
+response = app.post("/login", json=credentials)
+statuses.append(response.status_code)
+refresh_token = (response.get_json(silent=True) or {}).get("refresh_token")
+response = app.post("/refresh", json={"refresh_token": refresh_token})
+statuses.append(response.status_code)
+access_token = (response.get_json(silent=True) or {}).get("access_token")
+response = app.get("/me", headers={"Authorization": f"Bearer {access_token}"})
+statuses.append(response.status_code)
+me = response.get_json(silent=True)
+from shared_layer.monitoring import flush_metrics
+flushed = flush_metrics()
+modules = sorted(sys.modules)
+print(json.dumps({"statuses": statuses, "me": me, "flushed": flushed, "modules": modules}))
+"""
+
+
+def test_auth_serves_register_login_refresh_and_me_without_importing_sqlalchemy(tmp_path):
+    """On a cold instance every route, the welcome email and the metrics' write go through
+    plain SQL: SQLAlchemy (and the models built on it) is never imported."""
+    url = migrated_sqlite(tmp_path)
+    spec = {"source": str(FUNCTIONS / "auth" / "main.py"), "password": PASSWORD}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "SECRET_MANAGER", "MONITORING_"))
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_IN_TURN, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "DATABASE_URL": url, "MONITORING_FLUSH_SECONDS": "60", "PYTHONPATH": str(ROOT)},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert result["statuses"] == [201, 200, 200, 200], done.stderr[-3000:]
+    assert result["me"]["email"] == "cold@example.com"
+    assert result["flushed"] == 4
+    with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as stored:
+        assert stored.execute("SELECT template FROM email_messages").fetchall() == [("welcome",)]
+        routes = stored.execute("SELECT route, status_code FROM api_call_metrics ORDER BY id")
+        assert routes.fetchall() == [
+            ("/register", 201),
+            ("/login", 200),
+            ("/refresh", 200),
+            ("/me", 200),
+        ]
+    orm = ("sqlalchemy", "shared_layer.models", "shared_layer.database", "shared_layer.idempotency")
+    loaded = [m for m in result["modules"] if any(m == p or m.startswith(p + ".") for p in orm)]
+    assert loaded == []

@@ -13,8 +13,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import event, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
 
 from shared_layer import auth
 from shared_layer.config import get_settings
@@ -22,6 +21,8 @@ from shared_layer.database import session_scope
 from shared_layer.errors import Conflict, InvalidInput, Unauthorized
 from shared_layer.models import RefreshToken, User
 from shared_layer.services import accounts
+from shared_layer.services.users import UserRecord
+from shared_layer.sql import Db, transaction
 
 SECRET = "test-secret-" + "x" * 40  # tests/conftest.py BASE_ENV
 USER_ID = uuid.UUID("6f1c3d3e-8a0b-4c55-9d3e-2b1f0c9a7e11")
@@ -51,20 +52,19 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def register(email: str = "ann@example.com", password: str = "s3cret-pass") -> User:
-    with session_scope() as session:
-        return accounts.register_user(session, email=email, password=password)
+def register(email: str = "ann@example.com", password: str = "s3cret-pass") -> UserRecord:
+    with transaction() as db:
+        return accounts.register_user(db, email=email, password=password)
 
 
-def login_tokens(user: User) -> tuple[str, str]:
-    with session_scope() as session:
-        pair = accounts.issue_tokens(session, user=user)
+def login_tokens(user: UserRecord) -> tuple[str, str]:
+    with transaction() as db:
+        pair = accounts.issue_tokens(db, user=user)
     return pair.access_token, pair.refresh_token
 
 
 def rotate(refresh_token: str) -> tuple[str, str]:
-    with session_scope() as session:
-        pair = accounts.rotate_refresh_token(session, refresh_token=refresh_token)
+    pair = accounts.rotate_refresh_token(refresh_token=refresh_token)  # owns its transaction
     return pair.access_token, pair.refresh_token
 
 
@@ -461,24 +461,31 @@ def test_register_twice_is_a_conflict(db):
         register(email="ANN@example.com")
 
 
-def test_concurrent_registration_loses_on_the_unique_index_as_a_conflict(db):
-    """The second passes the existence check, then its insert hits the unique index."""
-    first_flushed, first_may_commit = threading.Event(), threading.Event()
+def test_concurrent_registration_waits_for_the_first_then_is_a_conflict(db):
+    """The second's INSERT starts while the first's row is uncommitted: it waits for the first
+    (PostgreSQL: on the unique index; SQLite: for the write lock), then inserts nothing."""
+    first_inserted, first_may_commit = threading.Event(), threading.Event()
     outcome: dict[str, Any] = {}
 
+    class CommitsTheFirstAsItWrites(Db):
+        def _run(self, sql: str, params: Any) -> Any:
+            if sql.startswith("INSERT"):
+                first_may_commit.set()
+            return super()._run(sql, params)
+
     def first() -> None:
-        with session_scope() as session:
-            accounts.register_user(session, email="race@example.com", password="s3cret-pass")
-            first_flushed.set()
+        with transaction() as db:
+            accounts.register_user(db, email="race@example.com", password="s3cret-pass")
+            first_inserted.set()
             first_may_commit.wait(timeout=10)
+        outcome["first"] = "committed"
 
     def second() -> None:
-        first_flushed.wait(timeout=10)
+        first_inserted.wait(timeout=10)
         try:
-            with session_scope() as session:
-                # Its SELECT has found no user; the first commits as this one inserts.
-                event.listen(session, "before_flush", lambda *_: first_may_commit.set())
-                accounts.register_user(session, email="race@example.com", password="s3cret-pass")
+            with transaction() as db:
+                racer = CommitsTheFirstAsItWrites(db.connection, db.dialect)
+                accounts.register_user(racer, email="race@example.com", password="s3cret-pass")
         except Conflict as exc:
             outcome["error"] = exc
 
@@ -488,8 +495,8 @@ def test_concurrent_registration_loses_on_the_unique_index_as_a_conflict(db):
     for thread in threads:
         thread.join(timeout=30)
 
+    assert outcome["first"] == "committed"
     assert "already exists" in outcome["error"].detail
-    assert isinstance(outcome["error"].__cause__, IntegrityError)
     with session_scope() as session:
         assert session.scalars(select(User.email)).all() == ["race@example.com"]
 
@@ -497,9 +504,9 @@ def test_concurrent_registration_loses_on_the_unique_index_as_a_conflict(db):
 def test_authenticate_with_wrong_password_or_unknown_email_is_the_same_error(db):
     register()
 
-    with pytest.raises(Unauthorized) as wrong_password, session_scope() as session:
-        accounts.authenticate_user(session, email="ann@example.com", password="nope-nope-1")
-    with pytest.raises(Unauthorized) as unknown_email, session_scope() as session:
-        accounts.authenticate_user(session, email="bob@example.com", password="nope-nope-1")
+    with pytest.raises(Unauthorized) as wrong_password, transaction() as db:
+        accounts.authenticate_user(db, email="ann@example.com", password="nope-nope-1")
+    with pytest.raises(Unauthorized) as unknown_email, transaction() as db:
+        accounts.authenticate_user(db, email="bob@example.com", password="nope-nope-1")
 
     assert wrong_password.value.detail == unknown_email.value.detail
