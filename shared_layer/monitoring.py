@@ -279,15 +279,13 @@ def cost_micros(
 
 
 def _insert_task_metric(values: dict[str, Any], *, what: str) -> bool:
-    """One INSERT at the end of a run: a run makes several writes already, so no batching."""
-    from sqlalchemy import insert
-
-    from shared_layer.database import get_engine
-    from shared_layer.models import TaskMetric, utcnow
+    """One INSERT at the end of a run: a run makes several writes already, so no batching.
+    Plain SQL, as for the API calls: no function reaches SQLAlchemy through monitoring."""
+    from shared_layer.sql import transaction
 
     try:
-        with get_engine().begin() as connection:
-            connection.execute(insert(TaskMetric), {**values, "created_at": utcnow()})
+        with transaction() as db:
+            db.insert("task_metrics", {**values, "created_at": datetime.now(UTC)})
     except Exception as exc:  # monitoring must never fail the work it watches
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         logger.warning("could not record the metric of %s: %s: %s", what, type(exc).__name__, first)
