@@ -291,13 +291,19 @@ _pool = _Pool()
 def transaction() -> Iterator[Db]:
     """One transaction: commit when the block ends normally, roll back on any exception.
 
+    On SQLite the transactions of this module run one at a time (the embedded default is a
+    single-writer database); on PostgreSQL they run concurrently under its locks.
+
     A connection that failed mid-transaction is closed rather than returned to the pool."""
     connection, created = _pool.checkout()
     assert _pool.dialect is not None
     db = Db(connection, _pool.dialect)
     try:
         if db.dialect == "sqlite":
-            connection.execute("BEGIN")
+            # IMMEDIATE takes the write lock up front (waiting up to busy_timeout): a deferred
+            # transaction that reads and then writes fails at once with SQLITE_BUSY when another
+            # connection committed in between. WAL readers outside these blocks never wait.
+            connection.execute("BEGIN IMMEDIATE")
         yield db
         connection.commit()
     except BaseException:
