@@ -164,7 +164,7 @@ def update_agent(
     name = changes.get("name")
     if "name" in changes and (name is None or not isinstance(name, str)):
         raise ValueError("an agent's name cannot be reset")
-    agent = _lock_agent(db, owner_id=owner_id, agent_id=agent_id)
+    agent = get_agent(db, owner_id=owner_id, agent_id=agent_id)
     if name is not None and name != agent.name:
         _check_name_free(db, owner_id=owner_id, name=name, except_id=agent.id)
     changed = {f: v for f, v in changes.items() if v != getattr(agent, f)}
@@ -180,22 +180,6 @@ def update_agent(
     except UniqueViolation as exc:  # a concurrent request took the name
         raise _name_taken(name or agent.name) from exc
     return get_agent(db, owner_id=owner_id, agent_id=agent_id)
-
-
-def _lock_agent(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> AgentRecord:
-    """The owner's agent, locked until the transaction ends (a row lock on PostgreSQL; on
-    SQLite a no-op write first, since a SQLite transaction that has read may not write)."""
-    params = {"id": agent_id, "owner_id": owner_id}
-    if db.dialect == "sqlite":
-        db.execute("UPDATE agents SET name = name WHERE id = :id AND owner_id = :owner_id", params)
-    row = db.one(
-        f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = :id AND owner_id = :owner_id"  # noqa: S608
-        f"{db.for_update}",
-        params,
-    )
-    if row is None:
-        raise NotFound(f"no agent with id {agent_id}")
-    return agent_from_row(row)
 
 
 def delete_agent(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> None:

@@ -143,9 +143,9 @@ def plan_in_effect(db: Db, *, user_id: uuid.UUID, now: datetime | None = None) -
 def lock_user(db: Db, *, user_id: uuid.UUID) -> UserRecord:
     """The active user, locked until the transaction ends: per-user checks that must not race
     (quotas, one customer) run under it. PostgreSQL locks the row (`FOR UPDATE`); SQLite has
-    no row locks, so a no-op write makes this the database's one write transaction and other
-    writers wait for it. Call it before anything else in the transaction: a SQLite
-    transaction that has already read cannot always become the writer."""
+    no row locks, so a no-op write makes the transaction the database's one writer (already
+    so in a `transaction()`, which begins IMMEDIATE; not in an ORM session's, `Db.of_session`).
+    Lock first: a SQLite transaction that has read cannot always become the writer."""
     if db.dialect == "sqlite":
         db.execute("UPDATE users SET is_active = is_active WHERE id = :id", {"id": user_id})
     row = db.one(

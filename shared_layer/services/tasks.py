@@ -124,8 +124,8 @@ def _step_from_row(row: Mapping[str, Any]) -> TaskStepRecord:
 def submit_task(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID, input: str) -> TaskRecord:
     """Store a queued task for one of the owner's agents; the caller publishes it after commit.
 
-    The plan check locks the user first (before any other read: see `lock_user`), so
-    concurrent submissions count one after another."""
+    The user is locked first (`lock_user`), so concurrent submissions count one after
+    another."""
     settings = get_settings()
     limit = settings.task_max_input_chars
     if not input or len(input) > limit:
@@ -211,7 +211,7 @@ def cancel_task(db: Db, *, owner_id: uuid.UUID, task_id: uuid.UUID) -> TaskRecor
     a task that is running or finished can no longer be cancelled: `Conflict`.
     """
     now = datetime.now(UTC)
-    moved = db.execute(  # the write comes first: on SQLite a transaction that read may not write
+    moved = db.execute(
         "UPDATE tasks SET status = :canceled, finished_at = :now, updated_at = :now"
         " WHERE id = :id AND owner_id = :owner_id AND status = :queued",
         {"canceled": CANCELED, "queued": QUEUED, "now": now, "id": task_id, "owner_id": owner_id},
