@@ -4,11 +4,12 @@ functions-framework as Cloud Functions starts it, and answering a real request w
 
 The requests take the paths a deployment takes wherever a loopback peer can stand in for the
 cloud: agents publishes through the real Pub/Sub client, task_runner calls the model through
-`openai`, billing calls Stripe through `stripe`, metrics_cleanup verifies a Google-signed OIDC
-token through google-auth, the webhooks check real signatures; every function reads and writes
-PostgreSQL through pg8000 (SQLite where no PostgreSQL runs). And each bundle opens a Cloud SQL
-engine through the connector, as every deployed function does on its first query. A library
-missing from a bundle, or code reaching outside it, fails here rather than in production.
+shared_layer/llm_http.py, billing calls Stripe through `stripe`, metrics_cleanup verifies a
+Google-signed OIDC token through google-auth, the webhooks check real signatures; every
+function reads and writes PostgreSQL through pg8000 (SQLite where no PostgreSQL runs). And each
+bundle opens a Cloud SQL engine through the connector, as every deployed function does on its
+first query. A library missing from a bundle, or code reaching outside it, fails here rather
+than in production.
 
 About a minute the first time: it fills the wheel cache (`STRATUS_WHEELHOUSE`, default
 ~/.cache/stratus/wheelhouse) from the package index and makes the environments, which later
@@ -246,7 +247,7 @@ def _task_runner(stack: ExitStack, fx: Any) -> Probe:
 
     def check(response: requests.Response) -> None:
         assert fx.task_status(task.task_id) == "succeeded"
-        assert llm.chat_requests
+        assert llm.chat_requests()
 
     env = {"LLM_PROVIDER": "openai", "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "k"}
     return Probe("POST", "/", env=env, headers=headers, body=body, check=check)
@@ -428,11 +429,11 @@ def test_health_carries_no_openai_stripe_or_storage_client(bundles: dict[str, Bu
     assert not carried & {"openai", "stripe", "google-cloud-storage"}
 
 
-def test_only_task_runner_carries_openai_and_only_stripe_users_carry_stripe(
+def test_no_bundle_carries_openai_and_only_stripe_users_carry_stripe(
     bundles: dict[str, Bundle],
 ) -> None:
     def carrying(package: str) -> set[str]:
         return {name for name, b in bundles.items() if package in {p.key for p in b.pins}}
 
-    assert carrying("openai") <= {"task_runner"}
+    assert carrying("openai") == set()  # the model is called through shared_layer/llm_http.py
     assert carrying("stripe") <= {"billing", "stripe_webhook"}

@@ -1,6 +1,7 @@
 """A floor for bench/coldstart.py --floors: one chat completion through the official `openai`
-client (imported on the request, as task_runner does), and nothing of Stratus: what calling
-the model costs a cold instance by itself."""
+client (imported on the request), and nothing of Stratus: what calling the model through the
+SDK costs a cold instance by itself. task_runner no longer pays it: it speaks the wire protocol
+through shared_layer/llm_http.py (standard library), so this floor bounds the SDK, not Stratus."""
 
 from __future__ import annotations
 
