@@ -55,7 +55,6 @@ def login(req: ApiRequest) -> TokenPair:
     body = req.parse(LoginRequest)
     with transaction() as db:
         user = accounts.authenticate_user(db, email=body.email, password=body.password)
-    with transaction() as db:  # a write of its own: see services/accounts.py
         return accounts.issue_tokens(db, user=user)
 
 

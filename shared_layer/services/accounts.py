@@ -1,12 +1,10 @@
 """Registration, login and token issuance, in plain SQL (`shared_layer.sql`): the auth
 function's request path imports no SQLAlchemy.
 
-Each transaction that writes begins with its write. On SQLite a transaction that has read
-cannot wait for the write lock another connection holds: its write fails at once ("database
-is locked"), where a transaction that starts by writing waits its turn (the busy timeout). So
-registering inserts without looking first, a refresh claims its token before it reads, and the
-auth function logs in with a read (`authenticate_user`) and a write (`issue_tokens`) in
-transactions of their own.
+The races are settled by the database, as they were under the ORM: a duplicate registration by
+the unique index on `users.email` (INSERT ... ON CONFLICT DO NOTHING), two uses of one refresh
+token by a conditional UPDATE. Each writing transaction also begins with its write, so that on
+PostgreSQL the loser waits on the winner's row and then sees its outcome.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ def register_user(db: Db, *, email: str, password: str, full_name: str | None = 
     """A new active user; `Conflict` when the email is taken, also by a concurrent registration
     (the unique index decides: the loser's INSERT waits for the winner, then inserts nothing)."""
     email = normalize_email(email)
-    password_hash = auth.hash_password(password)  # before the transaction writes: bcrypt is slow
+    password_hash = auth.hash_password(password)  # before the INSERT: no row waits on bcrypt
     now = datetime.now(UTC)
     row = db.one(
         f"INSERT INTO users (id, email, password_hash, full_name, is_active, is_admin,"  # noqa: S608

@@ -90,10 +90,9 @@ def queue_email(db: Db, *, request: EmailRequest) -> tuple[QueuedEmail, Rendered
     defaults = {"product": settings.sendgrid_from_name, "name": to.partition("@")[0], "email": to}
     rendered = render(request.template, {**defaults, **request.context})
     backend = email_backend()
+    reason = suppression_reason(db, email=to)
+    status = "suppressed" if reason else ("outbox" if backend == "outbox" else "sending")
     message_id = uuid.uuid4()
-    status = "outbox" if backend == "outbox" else "sending"
-    # Written before the suppression list is read: on SQLite a transaction that begins with a
-    # write waits for the write lock, one that has read fails at once (services/accounts.py).
     db.insert(
         "email_messages",
         {
@@ -105,16 +104,11 @@ def queue_email(db: Db, *, request: EmailRequest) -> tuple[QueuedEmail, Rendered
             "body_text": rendered.text,
             "backend": backend,
             "status": status,
+            "error": f"the address is suppressed ({reason})" if reason else None,
             "created_at": datetime.now(UTC),
         },
     )
-    reason = suppression_reason(db, email=to)
     if reason:
-        status = "suppressed"
-        db.execute(
-            "UPDATE email_messages SET status = :status, error = :error WHERE id = :id",
-            {"status": status, "error": f"the address is suppressed ({reason})", "id": message_id},
-        )
         logger.info("email %s not sent: %s is suppressed (%s)", request.template, to, reason)
     elif backend == "outbox":
         logger.info(

@@ -430,8 +430,8 @@ def sqlite_writer_for(path: str, seconds: float) -> Iterator[None]:
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_on_sqlite_register_login_and_refresh_wait_for_another_writer(db, auth_client):
-    """A transaction that read before writing would fail at once ("database is locked");
-    each route's writing transactions begin with their write, so they wait their turn."""
+    """Each route waits its turn behind another connection's write transaction (a deferred
+    transaction that had read would fail at once with "database is locked", a 500)."""
     register(auth_client)
     pair = login(auth_client).get_json()
     path = db.url.database

@@ -22,7 +22,7 @@ from shared_layer.errors import Conflict, InvalidInput, Unauthorized
 from shared_layer.models import RefreshToken, User
 from shared_layer.services import accounts
 from shared_layer.services.users import UserRecord
-from shared_layer.sql import Db, transaction
+from shared_layer.sql import transaction
 
 SECRET = "test-secret-" + "x" * 40  # tests/conftest.py BASE_ENV
 USER_ID = uuid.UUID("6f1c3d3e-8a0b-4c55-9d3e-2b1f0c9a7e11")
@@ -462,16 +462,10 @@ def test_register_twice_is_a_conflict(db):
 
 
 def test_concurrent_registration_waits_for_the_first_then_is_a_conflict(db):
-    """The second's INSERT starts while the first's row is uncommitted: it waits for the first
-    (PostgreSQL: on the unique index; SQLite: for the write lock), then inserts nothing."""
+    """The second registration starts while the first's row is uncommitted: it waits for the
+    first (PostgreSQL: on the unique index; SQLite: for the write lock), then inserts nothing."""
     first_inserted, first_may_commit = threading.Event(), threading.Event()
     outcome: dict[str, Any] = {}
-
-    class CommitsTheFirstAsItWrites(Db):
-        def _run(self, sql: str, params: Any) -> Any:
-            if sql.startswith("INSERT"):
-                first_may_commit.set()
-            return super()._run(sql, params)
 
     def first() -> None:
         with transaction() as db:
@@ -482,10 +476,10 @@ def test_concurrent_registration_waits_for_the_first_then_is_a_conflict(db):
 
     def second() -> None:
         first_inserted.wait(timeout=10)
+        threading.Timer(0.3, first_may_commit.set).start()  # by then the second is waiting
         try:
             with transaction() as db:
-                racer = CommitsTheFirstAsItWrites(db.connection, db.dialect)
-                accounts.register_user(racer, email="race@example.com", password="s3cret-pass")
+                accounts.register_user(db, email="race@example.com", password="s3cret-pass")
         except Conflict as exc:
             outcome["error"] = exc
 
