@@ -127,7 +127,7 @@ class Fixtures:
 
     def __init__(self, env: dict[str, str]) -> None:
         os.environ.update(env)
-        from shared_layer.auth import create_access_token
+        from shared_layer.auth import create_access_token, hash_password
         from shared_layer.config import reset_settings
         from shared_layer.database import get_engine, reset_engine, session_scope
         from shared_layer.migrate import upgrade
@@ -140,7 +140,9 @@ class Fixtures:
         upgrade(get_engine())
         with transaction() as db:
             user = register_user(
-                db, email=f"bench-{uuid.uuid4().hex[:8]}@example.com", password=PASSWORD
+                db,
+                email=f"bench-{uuid.uuid4().hex[:8]}@example.com",
+                password_hash=hash_password(PASSWORD),
             )
         with session_scope() as session:
             agent = Agent(owner_id=user.id, name="bench agent")

@@ -7,6 +7,7 @@ import logging
 import flask
 import functions_framework
 
+from shared_layer.auth import hash_password
 from shared_layer.http import ApiRequest, Router
 from shared_layer.schemas.accounts import (
     LoginRequest,
@@ -30,9 +31,10 @@ def _public(user: UserRecord) -> UserPublic:
 @router.route("POST", "/register")
 def register(req: ApiRequest) -> tuple[UserPublic, int]:
     body = req.parse(UserCreate)
+    password_hash = hash_password(body.password)  # before the transaction: bcrypt holds no lock
     with transaction() as db:
         user = accounts.register_user(
-            db, email=body.email, password=body.password, full_name=body.full_name
+            db, email=body.email, password_hash=password_hash, full_name=body.full_name
         )
     created = _public(user)
     _send_welcome(created)
@@ -53,8 +55,8 @@ def _send_welcome(user: UserPublic) -> None:
 @router.route("POST", "/login")
 def login(req: ApiRequest) -> TokenPair:
     body = req.parse(LoginRequest)
+    user = accounts.authenticate_user(email=body.email, password=body.password)  # own transaction
     with transaction() as db:
-        user = accounts.authenticate_user(db, email=body.email, password=body.password)
         return accounts.issue_tokens(db, user=user)
 
 

@@ -40,11 +40,15 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-def register_user(db: Db, *, email: str, password: str, full_name: str | None = None) -> UserRecord:
+def register_user(
+    db: Db, *, email: str, password_hash: str, full_name: str | None = None
+) -> UserRecord:
     """A new active user; `Conflict` when the email is taken, also by a concurrent registration
-    (the unique index decides: the loser's INSERT waits for the winner, then inserts nothing)."""
+    (the unique index decides: the loser's INSERT waits for the winner, then inserts nothing).
+
+    The caller hashes the password (`auth.hash_password`) before opening the transaction, so
+    no lock is held while bcrypt runs."""
     email = normalize_email(email)
-    password_hash = auth.hash_password(password)  # before the INSERT: no row waits on bcrypt
     now = datetime.now(UTC)
     row = db.one(
         f"INSERT INTO users (id, email, password_hash, full_name, is_active, is_admin,"  # noqa: S608
@@ -66,11 +70,16 @@ def register_user(db: Db, *, email: str, password: str, full_name: str | None = 
     return user_from_row(row)
 
 
-def authenticate_user(db: Db, *, email: str, password: str) -> UserRecord:
-    row = db.one(
-        f"SELECT {USER_COLUMNS} FROM users WHERE email = :email",  # noqa: S608
-        {"email": normalize_email(email)},
-    )
+def authenticate_user(*, email: str, password: str) -> UserRecord:
+    """The active user with this email and password, else 401 (the same one either way).
+
+    Reads in a transaction of its own and checks the password after it ends: bcrypt's quarter
+    second holds no connection or lock (on SQLite, every transaction of `sql` holds the lock)."""
+    with transaction() as db:
+        row = db.one(
+            f"SELECT {USER_COLUMNS} FROM users WHERE email = :email",  # noqa: S608
+            {"email": normalize_email(email)},
+        )
     if row is None:
         auth.burn_password_check(password)  # same time whether or not the email exists
     elif auth.verify_password(password, row["password_hash"]) and row["is_active"]:

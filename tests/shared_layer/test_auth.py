@@ -54,7 +54,7 @@ def b64(data: bytes) -> str:
 
 def register(email: str = "ann@example.com", password: str = "s3cret-pass") -> UserRecord:
     with transaction() as db:
-        return accounts.register_user(db, email=email, password=password)
+        return accounts.register_user(db, email=email, password_hash=auth.hash_password(password))
 
 
 def login_tokens(user: UserRecord) -> tuple[str, str]:
@@ -466,10 +466,11 @@ def test_concurrent_registration_waits_for_the_first_then_is_a_conflict(db):
     first (PostgreSQL: on the unique index; SQLite: for the write lock), then inserts nothing."""
     first_inserted, first_may_commit = threading.Event(), threading.Event()
     outcome: dict[str, Any] = {}
+    race_hash = auth.hash_password("s3cret-pass")
 
     def first() -> None:
         with transaction() as db:
-            accounts.register_user(db, email="race@example.com", password="s3cret-pass")
+            accounts.register_user(db, email="race@example.com", password_hash=race_hash)
             first_inserted.set()
             first_may_commit.wait(timeout=10)
         outcome["first"] = "committed"
@@ -479,7 +480,7 @@ def test_concurrent_registration_waits_for_the_first_then_is_a_conflict(db):
         threading.Timer(0.3, first_may_commit.set).start()  # by then the second is waiting
         try:
             with transaction() as db:
-                accounts.register_user(db, email="race@example.com", password="s3cret-pass")
+                accounts.register_user(db, email="race@example.com", password_hash=race_hash)
         except Conflict as exc:
             outcome["error"] = exc
 
@@ -498,9 +499,9 @@ def test_concurrent_registration_waits_for_the_first_then_is_a_conflict(db):
 def test_authenticate_with_wrong_password_or_unknown_email_is_the_same_error(db):
     register()
 
-    with pytest.raises(Unauthorized) as wrong_password, transaction() as db:
-        accounts.authenticate_user(db, email="ann@example.com", password="nope-nope-1")
-    with pytest.raises(Unauthorized) as unknown_email, transaction() as db:
-        accounts.authenticate_user(db, email="bob@example.com", password="nope-nope-1")
+    with pytest.raises(Unauthorized) as wrong_password:
+        accounts.authenticate_user(email="ann@example.com", password="nope-nope-1")
+    with pytest.raises(Unauthorized) as unknown_email:
+        accounts.authenticate_user(email="bob@example.com", password="nope-nope-1")
 
     assert wrong_password.value.detail == unknown_email.value.detail
