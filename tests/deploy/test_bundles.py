@@ -7,9 +7,11 @@ cloud: agents publishes through the real Pub/Sub client, task_runner calls the m
 shared_layer/llm_http.py, billing calls Stripe through `stripe`, metrics_cleanup verifies a
 Google-signed OIDC token through google-auth, the webhooks check real signatures; every
 function reads and writes PostgreSQL through pg8000 (SQLite where no PostgreSQL runs). And each
-bundle opens a Cloud SQL engine through the connector, as every deployed function does on its
-first query. A library missing from a bundle, or code reaching outside it, fails here rather
-than in production.
+bundle goes to Cloud SQL the ways its code does on a first query, up to where Google would be
+needed: the plain-SQL pool (shared_layer/sql.py) hands the instance to the connector, and a
+function that uses SQLAlchemy builds its engine through the connector. A library missing from a
+bundle, or code reaching outside it, fails here rather than in production; and a bundle carries
+no requirement its code cannot import.
 
 About a minute the first time: it fills the wheel cache (`STRATUS_WHEELHOUSE`, default
 ~/.cache/stratus/wheelhouse) from the package index and makes the environments, which later
@@ -39,6 +41,8 @@ from sqlalchemy.pool import NullPool
 
 from stratus.bundle import Bundle, build_bundles, discover
 from stratus.bundle_env import default_wheelhouse, ensure_wheels, pinned, venv_for
+from stratus.import_graph import reach
+from stratus.pins import distribution_of
 from tests.conftest import BASE_ENV, ROOT
 
 pytestmark = pytest.mark.deploy
@@ -368,12 +372,25 @@ def test_the_bundle_serves_a_2xx_from_its_own_virtualenv(
             made.check(response)
 
 
-@pytest.mark.parametrize("name", FUNCTIONS)
-def test_the_bundle_opens_a_cloud_sql_engine_through_the_connector(
-    name: str, bundles: dict[str, Bundle], venvs: dict[str, Path], tmp_path: Path
-) -> None:
-    """What every deployed function does on its first query (CLOUD_SQL_INSTANCE set): import
-    the Cloud SQL connector and build the engine. Connecting needs Google; building does not."""
+TOKEN_URI = "http://127.0.0.1:9/token"  # nothing listens: where Google would be needed
+
+
+def _reaches(module: str) -> list[str]:
+    return [name for name in FUNCTIONS if module in reach(ROOT, name).modules]
+
+
+# How a function's code can open a Cloud SQL connection (stratus/import_graph.py): through
+# SQLAlchemy's engine (shared_layer/database.py), or through the plain-SQL pool of
+# shared_layer/sql.py (dbapi.connect -> dbapi.cloud_sql_connection), which every function uses
+# and auth, agents and billing use alone.
+ENGINE_USERS = _reaches("shared_layer.database")
+PLAIN_SQL_USERS = _reaches("shared_layer.sql")
+
+
+@pytest.fixture
+def cloud_sql_env(tmp_path: Path) -> Callable[[str], dict[str, str]]:
+    """The settings of a deployed function: CLOUD_SQL_INSTANCE, and a service-account file
+    (a real key, a token URI on which nothing listens) for the connector's credentials."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -382,45 +399,146 @@ def test_the_bundle_opens_a_cloud_sql_engine_through_the_connector(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    credentials = tmp_path / "service-account.json"
-    credentials.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "stratus-bundles",
-                "private_key_id": "k1",
-                "private_key": key.decode(),
-                "client_email": f"{name.replace('_', '-')}@stratus-bundles.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": "http://127.0.0.1:9/token",
-            }
+
+    def make(name: str) -> dict[str, str]:
+        credentials = tmp_path / f"{name}-service-account.json"
+        account = {
+            "type": "service_account",
+            "project_id": "stratus-bundles",
+            "private_key_id": "k1",
+            "private_key": key.decode(),
+            "client_email": f"{name.replace('_', '-')}@stratus-bundles.iam.gserviceaccount.com",
+            "client_id": "1",
+            "token_uri": TOKEN_URI,
+        }
+        credentials.write_text(json.dumps(account))
+        return child_env(
+            CLOUD_SQL_INSTANCE="stratus-bundles:europe-west1:stratus",
+            DB_PASSWORD="bundle-db-password",
+            GOOGLE_APPLICATION_CREDENTIALS=str(credentials),
         )
-    )
-    env = child_env(
-        CLOUD_SQL_INSTANCE="stratus-bundles:europe-west1:stratus",
-        DB_PASSWORD="bundle-db-password",
-        GOOGLE_APPLICATION_CREDENTIALS=str(credentials),
-    )
-    script = (
-        "import shared_layer, sys\n"
-        "from shared_layer.database import build_engine\n"
-        "engine = build_engine()\n"
-        "print(engine.url.drivername, shared_layer.__file__)\n"
-    )
+
+    return make
+
+
+def _run_in_bundle(python: Path, bundle: Bundle, script: str, env: dict[str, str]) -> str:
     result = subprocess.run(
-        [str(venvs[name]), "-c", script],
-        cwd=bundles[name].directory,
+        [str(python), "-c", script],
+        cwd=bundle.directory,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-
     assert result.returncode == 0, result.stderr[-3000:]
-    driver, module = result.stdout.split()
+    return result.stdout
+
+
+def test_every_function_opens_cloud_sql_some_way() -> None:
+    assert set(ENGINE_USERS) | set(PLAIN_SQL_USERS) == set(FUNCTIONS)
+
+
+@pytest.mark.parametrize("name", ENGINE_USERS)
+def test_the_bundle_opens_a_cloud_sql_engine_through_the_connector(
+    name: str,
+    bundles: dict[str, Bundle],
+    venvs: dict[str, Path],
+    cloud_sql_env: Callable[[str], dict[str, str]],
+) -> None:
+    """What a function whose code reaches shared_layer/database.py does on its first ORM query
+    (CLOUD_SQL_INSTANCE set): import the Cloud SQL connector and build the engine. Connecting
+    needs Google; building does not."""
+    script = (
+        "import shared_layer, sys\n"
+        "from shared_layer.database import build_engine\n"
+        "engine = build_engine()\n"
+        "print(engine.url.drivername, shared_layer.__file__)\n"
+    )
+    output = _run_in_bundle(venvs[name], bundles[name], script, cloud_sql_env(name))
+
+    driver, module = output.split()
     assert driver == "postgresql+pg8000"
     assert Path(module).is_relative_to(bundles[name].directory)  # the vendored copy, not ours
+
+
+_FIRST_CONNECTION = """
+import json, sys, traceback
+import shared_layer
+from shared_layer import dbapi
+from shared_layer.sql import transaction
+try:
+    with transaction() as db:
+        db.scalar("SELECT 1")
+except Exception as exc:
+    error = exc
+else:
+    sys.exit("connected to Cloud SQL without Google")
+import pg8000  # the driver the connector hands its socket to
+connector = type(dbapi._connector)
+dbapi.reset_cloud_sql_connector()
+print(json.dumps({
+    "error": f"{type(error).__module__}.{type(error).__qualname__}: {error}",
+    "frames": [[f.filename, f.name] for f in traceback.extract_tb(error.__traceback__)],
+    "connector": f"{connector.__module__}.{connector.__qualname__}",
+    "sqlalchemy": sorted(m for m in sys.modules if m.split(".")[0] == "sqlalchemy"),
+    "shared_layer": shared_layer.__file__,
+}))
+"""
+
+
+@pytest.mark.parametrize("name", PLAIN_SQL_USERS)
+def test_the_bundle_opens_its_first_plain_sql_connection_through_the_connector(
+    name: str,
+    bundles: dict[str, Bundle],
+    venvs: dict[str, Path],
+    cloud_sql_env: Callable[[str], dict[str, str]],
+) -> None:
+    """What shared_layer/sql.py does on a function's first query (CLOUD_SQL_INSTANCE set): its
+    pool calls dbapi.connect, which hands the instance to a Cloud SQL connector; the connector,
+    imported and built, signs a token request with the service account's key and sends it to
+    the token URI, where Google would answer. That request failing is as far as a test gets,
+    and no SQLAlchemy is imported on the way."""
+    bundle = bundles[name]
+    report = json.loads(_run_in_bundle(venvs[name], bundle, _FIRST_CONNECTION, cloud_sql_env(name)))
+
+    frames = [(Path(file), function) for file, function in report["frames"]]
+    ours = [
+        (file.relative_to(bundle.directory).as_posix(), function, index)
+        for index, (file, function) in enumerate(frames)
+        if file.is_relative_to(bundle.directory)
+    ]
+    assert ours[0][:2] == ("shared_layer/sql.py", "transaction")
+    assert ours[-1][:2] == ("shared_layer/dbapi.py", "cloud_sql_connection")
+    connector_file, connector_call = frames[ours[-1][2] + 1]  # what the vendored code called
+    assert connector_file.is_relative_to(venvs[name].parents[1])  # installed in the bundle's env
+    assert connector_file.as_posix().endswith("google/cloud/sql/connector/connector.py")
+    assert connector_call == "connect"
+    assert report["connector"] == "google.cloud.sql.connector.connector.Connector"
+    error = report["error"]  # the token request to the service account's token URI
+    assert error.startswith("google.auth.exceptions."), error
+    assert "127.0.0.1" in error, error
+    assert "/token" in error, error
+    assert report["sqlalchemy"] == []
+    assert Path(report["shared_layer"]).is_relative_to(bundle.directory)
+
+
+# Imported by a library rather than by our code, so the import graph does not see it.
+IMPORTED_BY_LIBRARIES = {
+    "requests": "google.auth.transport.requests (metrics_cleanup's OIDC check)"
+}
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_requirements_in_names_only_what_the_function_can_import(
+    name: str, bundles: dict[str, Bundle]
+) -> None:
+    """Issue 2: each function declares the libraries it imports (lazily included), and no
+    others, so its bundle ships only those (SQLAlchemy left auth, agents and billing with
+    shared_layer/sql.py)."""
+    imported = {distribution_of(i.module) for i in reach(ROOT, name).third_party}
+
+    assert set(bundles[name].direct) - imported - set(IMPORTED_BY_LIBRARIES) == set()
 
 
 def test_health_carries_no_openai_stripe_or_storage_client(bundles: dict[str, Bundle]) -> None:
