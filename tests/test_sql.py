@@ -206,3 +206,34 @@ def test_get_active_user_reads_the_record_and_refuses_a_disabled_one(db: Engine)
         for missing in (disabled["id"], uuid.uuid4()):
             with pytest.raises(Unauthorized):
                 get_active_user(sql, user_id=missing)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("record", "model"),
+    [
+        ("shared_layer.services.users:UserRecord", User),
+        ("shared_layer.services.agents:AgentRecord", Agent),
+        ("shared_layer.services.tasks:TaskRecord", "Task"),
+        ("shared_layer.services.tasks:TaskStepRecord", TaskStep),
+        ("shared_layer.services.billing:SubscriptionRecord", "Subscription"),
+    ],
+)
+def test_each_record_mirrors_its_model(record: str, model: object) -> None:
+    """The records the plain-SQL services return are the models' columns, no more, with the
+    same nullability: a column added to or renamed in a model fails here until its record
+    follows (the SQL itself is exercised by each service's tests)."""
+    import dataclasses
+    import importlib
+    import typing
+
+    from shared_layer import models
+
+    module_name, _, class_name = record.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    table = (getattr(models, model) if isinstance(model, str) else model).__table__
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.name != "steps"}
+    assert fields <= set(table.columns.keys()), fields - set(table.columns.keys())
+    for name in fields:
+        nullable_field = type(None) in typing.get_args(hints[name])
+        assert nullable_field == table.columns[name].nullable, name
