@@ -1,17 +1,24 @@
 """stripe_webhook: verified, deduplicated Stripe events -> subscriptions, invoices and plans.
 
-The signature is checked on the raw body before anything is parsed or written; the event is
-stored keyed by its id and applied in the same transaction (`record_stripe_event`). Answers:
-200 for a new or a duplicate event; 400 problem+json for a bad signature, a stale or future
-timestamp, or a body that is not a Stripe event (nothing written, Stripe stops retrying only
-after days, and the log says why); 5xx when applying fails (nothing written, so Stripe's retry
-starts clean). Emails an event calls for are sent after the commit; failing to send one is
-logged and never fails the event.
+The signature is checked on the raw body before anything is parsed or written; the request
+thread then reads the event and hands it to the instance's group committer, which stores the
+events waiting at that moment keyed by id and applies them in one transaction
+(`record_stripe_events`), commits, and only then releases each request with its receipt.
+Answers: 200 for a new or a duplicate event; 400 problem+json for a bad signature, a stale or
+future timestamp, or a body that is not a Stripe event (nothing written, Stripe stops retrying
+only after days, and the log says why); 5xx when applying fails (nothing written, so Stripe's
+retry starts clean: a batch that fails is re-run one event per transaction, so only the event
+that fails is refused). Emails an event calls for are sent after the commit; failing to send
+one is logged and never fails the event.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
 
 import flask
 import functions_framework
@@ -19,18 +26,55 @@ from pydantic import ValidationError
 
 from shared_layer.billing.signature import verify_stripe_signature
 from shared_layer.config import get_stripe_config
-from shared_layer.database import session_scope
 from shared_layer.errors import UpstreamError
+from shared_layer.group_commit import GroupCommitter
 from shared_layer.http import ApiRequest, Router, invalid_input_from, parse_json
+from shared_layer.lean_transaction import LeanTransactions
 from shared_layer.schemas.billing import StripeEventIn, StripeWebhookReceipt
 from shared_layer.services.email import send_email
-from shared_layer.services.stripe_events import EventReceipt, record_stripe_event
+from shared_layer.services.stripe_events import (
+    EventReceipt,
+    VerifiedEvent,
+    record_stripe_events,
+    verified_event,
+)
 
 logger = logging.getLogger(__name__)
 router = Router("stripe_webhook")
 
+MAX_BATCH = 64  # events per transaction; more waiting than that go in the next one
+COMMITTERS = 2  # transactions in flight: one is applied while the other commits
 
-def _verified_event(req: ApiRequest) -> tuple[StripeEventIn, dict[str, object]]:
+_committer: GroupCommitter[VerifiedEvent, EventReceipt] | None = None
+_committer_lock = threading.Lock()
+
+
+def committer() -> GroupCommitter[VerifiedEvent, EventReceipt]:
+    """The instance's committer, made on the first event (no thread at import)."""
+    global _committer
+    if _committer is None:
+        with _committer_lock:
+            if _committer is None:
+                transactions = LeanTransactions()
+                _committer = GroupCommitter(
+                    transaction=transactions,
+                    apply_batch=record_stripe_events,
+                    max_batch=MAX_BATCH,
+                    committers=COMMITTERS,
+                    after_commit=_log_outcomes,
+                    name="stripe-webhook-commit",
+                )
+                atexit.register(_shut_down, _committer, transactions)
+    return _committer
+
+
+def _shut_down(gc: GroupCommitter[Any, Any], transactions: LeanTransactions) -> None:
+    """At exit: commit what is queued, then close the committers' connections."""
+    gc.close()
+    transactions.close()
+
+
+def _verified_event(req: ApiRequest) -> VerifiedEvent:
     config = get_stripe_config()
     if config.webhook_secret is None:
         raise UpstreamError("the Stripe webhook is not configured: STRIPE_WEBHOOK_SECRET")
@@ -43,26 +87,33 @@ def _verified_event(req: ApiRequest) -> tuple[StripeEventIn, dict[str, object]]:
     )
     payload = parse_json(body)
     try:
-        return StripeEventIn.model_validate(payload), payload
+        event = StripeEventIn.model_validate(payload)
     except ValidationError as exc:
         raise invalid_input_from(exc, where="event") from None
+    return verified_event(event, payload)
 
 
 @router.route("POST", "/")
 def receive(req: ApiRequest) -> StripeWebhookReceipt:
-    event, payload = _verified_event(req)
-    with session_scope() as session:
-        receipt = record_stripe_event(session, event=event, payload=payload)
-    logger.info(
-        "stripe event %s (%s): %s",
-        event.id,
-        event.type,
-        receipt.outcome,
-        extra={"event_id": event.id, "event_type": event.type, "outcome": receipt.outcome},
-    )
+    verified = _verified_event(req)
+    receipt = committer().submit(verified)  # returns once the event is committed
     _send_emails(receipt)
     return StripeWebhookReceipt(
-        event_id=event.id, duplicate=receipt.duplicate, outcome=receipt.outcome
+        event_id=receipt.event_id, duplicate=receipt.duplicate, outcome=receipt.outcome
+    )
+
+
+def _log_outcomes(events: Sequence[VerifiedEvent], receipts: Sequence[EventReceipt]) -> None:
+    """One line per committed transaction, naming each event and its outcome (a line per
+    event costs a write, and the lock around stdout, per request)."""
+    outcomes = [
+        {"event_id": v.event.id, "event_type": v.event.type, "outcome": r.outcome}
+        for v, r in zip(events, receipts, strict=True)
+    ]
+    logger.info(
+        "stripe events committed: %s",
+        ", ".join(f"{o['event_id']} ({o['event_type']}): {o['outcome']}" for o in outcomes),
+        extra={"stripe_events": outcomes},
     )
 
 

@@ -1,15 +1,18 @@
 """Stripe events, each taking effect once and never moving a subscription back in time.
 
-`record_stripe_event` stores the event keyed by its id (`insert_new`: a second delivery, even
-one arriving at the same moment, finds it and stops) and applies it in the same transaction,
-so a failure leaves neither the event nor half its effect, and Stripe's retry starts clean.
+`record_stripe_events` stores a batch of verified events keyed by id (`insert_new`: a second
+delivery, even one arriving at the same moment in another instance, finds it and stops; a
+copy later in the same batch is a duplicate too) and applies the new ones in the caller's
+transaction, so a failure leaves neither the events nor half their effect, and Stripe's retry
+starts clean. `record_stripe_event` is the same for one event.
 
-Out-of-order delivery: a subscription or invoice row remembers the `created` time of the event
-that last changed it (`version`); an older event is stored as `stale` and changes nothing.
-Stripe objects carry no "updated at" of their own, so the event's `created` is the object's
-timestamp. Ties (the same second) go to the later arrival, except that a subscription that
-ended (`canceled`, `incomplete_expired`) never comes back, as in Stripe, and a paid invoice
-stays paid.
+Applying a batch costs a few statements however many events it holds: the subscription and
+invoice rows are read under their row locks in one `SELECT ... FOR UPDATE` each (in key order,
+so two batches touching the same rows wait on each other rather than deadlock), the events of
+one row are applied in arrival order in memory (`stripe_changes`: versions, terminal states, a
+paid invoice), and every changed row is written back in one statement. A row that another
+transaction creates while this one looks (the first event of a subscription, delivered twice
+at once) is read again under its lock and the row's events applied on top of it.
 
 Handled: checkout.session.completed (links the customer to the user),
 customer.subscription.created|updated|deleted, invoice.paid, invoice.payment_failed (also
@@ -19,143 +22,273 @@ emails the user). Every other type is stored as `ignored`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from shared_layer.billing.plans import plan_for_price
+from shared_layer.batch_rows import insert_new_and_lock, update_rows
 from shared_layer.config import get_settings
 from shared_layer.email.templates import format_money
-from shared_layer.errors import InvalidInput
 from shared_layer.idempotency import insert_new
 from shared_layer.models import BillingCustomer, Invoice, StripeEvent, Subscription, User, utcnow
 from shared_layer.schemas.billing import StripeEventIn
-from shared_layer.services.billing import TERMINAL_STATUSES
 from shared_layer.services.email import EmailRequest
+from shared_layer.services.stripe_changes import (
+    Change,
+    CheckoutLink,
+    InvoiceChange,
+    Row,
+    SubscriptionChange,
+    apply_invoice,
+    apply_subscription,
+    change_for,
+)
 
-__all__ = ["HANDLED_TYPES", "EventReceipt", "record_stripe_event"]
+__all__ = [
+    "HANDLED_TYPES",
+    "EventReceipt",
+    "VerifiedEvent",
+    "record_stripe_event",
+    "record_stripe_events",
+    "verified_event",
+]
+
+HANDLED_TYPES = frozenset(
+    {
+        "checkout.session.completed",
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "invoice.paid",
+        "invoice.payment_failed",
+    }
+)
+
+_SUBSCRIPTIONS: Table = Subscription.__table__  # type: ignore[assignment]
+_INVOICES: Table = Invoice.__table__  # type: ignore[assignment]
+_EVENTS: Table = StripeEvent.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
-class Handled:
-    outcome: str  # applied | stale | ignored | unmatched
-    emails: tuple[EmailRequest, ...] = ()
+class VerifiedEvent:
+    """An event whose signature verified, with the change it asks for already read."""
+
+    event: StripeEventIn
+    payload: Mapping[str, Any]
+    change: Change | None  # None: a type that changes nothing
 
 
 @dataclass(frozen=True)
 class EventReceipt:
     event_id: str
     duplicate: bool
-    outcome: str
+    outcome: str  # applied | stale | ignored | unmatched | duplicate
     emails: tuple[EmailRequest, ...] = field(default=())
+
+
+def verified_event(event: StripeEventIn, payload: Mapping[str, Any]) -> VerifiedEvent:
+    """Read what `event` asks to change; `InvalidInput` if its object is malformed."""
+    return VerifiedEvent(event, payload, change_for(event.type, event.data.object, event.created))
 
 
 def record_stripe_event(
     session: Session, *, event: StripeEventIn, payload: Mapping[str, Any]
 ) -> EventReceipt:
-    """Store and apply a verified event; a duplicate id is acknowledged with no effect.
+    """Store and apply one verified event; a duplicate id is acknowledged with no effect.
 
     `emails` are what the caller sends after committing.
     """
-    inserted = insert_new(
+    return record_stripe_events(session, [verified_event(event, payload)])[0]
+
+
+def record_stripe_events(session: Session, events: Sequence[VerifiedEvent]) -> list[EventReceipt]:
+    """Store and apply verified events in the session's transaction; a receipt for each.
+
+    The batch takes effect as if its events had arrived one after the other (checkout links
+    first, then each row's events in arrival order): they were all in flight at once, so
+    that is an order they could have had.
+    """
+    now = utcnow()
+    rows = [
+        {
+            "id": v.event.id,
+            "type": v.event.type,
+            "created": datetime.fromtimestamp(v.event.created, UTC),
+            "livemode": v.event.livemode,
+            "outcome": "received",
+            "payload": v.payload,
+            "received_at": now,
+        }
+        for v in events
+    ]
+    changes = [v.change for v in events]
+    inserted, (found_subs, found_invoices) = insert_new_and_lock(
         session,
-        StripeEvent,
-        [
-            {
-                "id": event.id,
-                "type": event.type,
-                "created": datetime.fromtimestamp(event.created, UTC),
-                "livemode": event.livemode,
-                "outcome": "received",
-                "payload": dict(payload),
-                "received_at": utcnow(),
-            }
-        ],
+        _EVENTS,
+        rows,
         key="id",
+        locks=[
+            (_SUBSCRIPTIONS, {c.id for c in changes if isinstance(c, SubscriptionChange)}, _READ),
+            (_INVOICES, {c.id for c in changes if isinstance(c, InvoiceChange)}, _read(_INVOICES)),
+        ],
     )
-    if not inserted:
-        return EventReceipt(event.id, duplicate=True, outcome="duplicate")
-    handler = HANDLERS.get(event.type)
-    handled = handler(session, event) if handler else Handled("ignored")
-    session.execute(
-        update(StripeEvent).where(StripeEvent.id == event.id).values(outcome=handled.outcome)
+    new: dict[int, VerifiedEvent] = {}
+    for i, verified in enumerate(events):
+        if verified.event.id in inserted:
+            inserted.discard(verified.event.id)  # a later copy in this batch is a duplicate
+            new[i] = verified
+    outcomes, emails = _apply(session, new, found_subs, found_invoices)
+    return [
+        EventReceipt(v.event.id, duplicate=False, outcome=outcomes[i], emails=emails.get(i, ()))
+        if i in new
+        else EventReceipt(v.event.id, duplicate=True, outcome="duplicate")
+        for i, v in enumerate(events)
+    ]
+
+
+# The columns the rules read of a locked row: the rest is written back by key, never read.
+_READ = ("id", "status", "version", "past_due_since")
+
+
+def _apply(
+    session: Session,
+    events: Mapping[int, VerifiedEvent],
+    found_subs: dict[str, Row],
+    found_invoices: dict[str, Row],
+) -> tuple[dict[int, str], dict[int, tuple[EmailRequest, ...]]]:
+    """Apply the new events (keyed by their place in the batch) to the rows locked for them
+    and write back what changed, the events' outcomes with it: outcomes and emails."""
+    outcomes: dict[int, str] = {i: "ignored" for i, v in events.items() if v.change is None}
+    subs: list[tuple[int, SubscriptionChange]] = []
+    invoices: list[tuple[int, InvoiceChange]] = []
+    for i, verified in events.items():
+        change = verified.change
+        if isinstance(change, CheckoutLink):  # first: later events may need the link
+            outcomes[i] = _link_customer(session, change)
+        elif isinstance(change, SubscriptionChange):
+            subs.append((i, change))
+        elif isinstance(change, InvoiceChange):
+            invoices.append((i, change))
+    users = _users_for(
+        session,
+        [(c.customer_id, c.named_user) for _, c in subs if c.id not in found_subs]
+        + [(c.customer_id, c.named_user) for _, c in invoices],
     )
-    return EventReceipt(event.id, duplicate=False, outcome=handled.outcome, emails=handled.emails)
 
+    def subscription_step(row: Row | None, c: SubscriptionChange) -> tuple[Row | None, str]:
+        return apply_subscription(row, c, users(c.customer_id, c.named_user))
 
-# Reading Stripe objects: a missing or mistyped field we rely on is a malformed event (400).
+    def invoice_step(row: Row | None, c: InvoiceChange) -> tuple[Row | None, str]:
+        user_id = users(c.customer_id, c.named_user)
+        return (row, "unmatched") if user_id is None else apply_invoice(row, c, user_id)
 
-
-def _str(obj: Mapping[str, Any], name: str) -> str:
-    value = obj.get(name)
-    if isinstance(value, dict):  # an expanded object: its id
-        value = value.get("id")
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"the event's data.object.{name} must be a non-empty string")
-    return value
-
-
-def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
-    return _str(obj, name) if obj.get(name) is not None else None
-
-
-def _int(obj: Mapping[str, Any], name: str, default: int | None = None) -> int:
-    value = obj.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInput(f"the event's data.object.{name} must be an integer")
-    return value
-
-
-def _time(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInput("a Stripe timestamp must be integer Unix seconds")
-    return datetime.fromtimestamp(value, UTC)
-
-
-def _metadata_user(obj: Mapping[str, Any]) -> uuid.UUID | None:
-    metadata = obj.get("metadata")
-    raw = obj.get("client_reference_id") or (
-        metadata.get("user_id") if isinstance(metadata, dict) else None
+    changed_subs = _fold_and_create(
+        session, _SUBSCRIPTIONS, found_subs, subs, subscription_step, outcomes
     )
-    try:
-        return uuid.UUID(str(raw)) if raw else None
-    except ValueError:
-        return None
-
-
-def _user_for(session: Session, customer_id: str, obj: Mapping[str, Any]) -> uuid.UUID | None:
-    """The user a Stripe customer belongs to: the linked one, else the one the object's
-    metadata names (our Checkout Sessions set it), if that user exists."""
-    linked = session.scalar(
-        select(BillingCustomer.user_id).where(BillingCustomer.stripe_customer_id == customer_id)
+    changed_invoices = _fold_and_create(
+        session, _INVOICES, found_invoices, invoices, invoice_step, outcomes
     )
-    if linked is not None:
-        return linked
-    named = _metadata_user(obj)
-    if named is not None and session.get(User, named) is not None:
-        return named
-    return None
+    plans = {row["id"]: row["plan"] for row in changed_subs}  # not written back yet
+    emails = {
+        i: _payment_failed_email(session, users(c.customer_id, c.named_user), c, plans)
+        for i, c in invoices
+        if outcomes[i] == "applied" and c.fields["status"] == "payment_failed"
+    }
+    update_rows(  # last: a lean transaction sends it with the COMMIT
+        session,
+        [
+            (_SUBSCRIPTIONS, changed_subs),
+            (_INVOICES, changed_invoices),
+            (_EVENTS, [{"id": events[i].event.id, "outcome": o} for i, o in outcomes.items()]),
+        ],
+    )
+    return outcomes, emails
 
 
-def _is_stale(event_created: int, version: int) -> bool:
-    return event_created < version
+C = TypeVar("C", SubscriptionChange, InvoiceChange)
+Step = Callable[[Row | None, C], tuple[Row | None, str]]
 
 
-# Handlers
+def _fold_and_create(
+    session: Session,
+    table: Table,
+    found: dict[str, Row],
+    changes: list[tuple[int, C]],
+    step: Step[C],
+    outcomes: dict[int, str],
+) -> list[Row]:
+    """Apply each row's changes in order to the locked rows (outcomes go in `outcomes`),
+    insert the rows the changes create; the existing rows that changed, to write back."""
+    rows = _fold(found, changes, step, outcomes)
+    created = [row for key, row in rows.items() if key not in found and row is not None]
+    changed = [r for key, r in rows.items() if key in found and r is not found[key] and r]
+    if not created:
+        return changed
+    inserted, _ = insert_new_and_lock(session, table, created, key="id")
+    lost = {row["id"] for row in created} - inserted
+    if lost:  # created by another transaction since we looked: apply ours on top of theirs
+        _, (theirs,) = insert_new_and_lock(
+            session, table, [], key="id", locks=[(table, lost, _read(table))]
+        )
+        again = _fold(theirs, [(i, c) for i, c in changes if c.id in lost], step, outcomes)
+        changed += [r for key, r in again.items() if key in theirs and r is not theirs[key] and r]
+    return changed
 
 
-def _checkout_completed(session: Session, event: StripeEventIn) -> Handled:
-    obj = event.data.object
-    customer_id = _opt_str(obj, "customer")
-    user_id = _metadata_user(obj)
+def _read(table: Table) -> tuple[str, ...]:
+    return _READ if table is _SUBSCRIPTIONS else _READ[:3]  # an invoice has no past_due_since
+
+
+def _fold(
+    found: Mapping[str, Row],
+    changes: Iterable[tuple[int, C]],
+    step: Step[C],
+    outcomes: dict[int, str],
+) -> dict[str, Row | None]:
+    rows: dict[str, Row | None] = dict(found)
+    for i, change in changes:
+        rows[change.id], outcomes[i] = step(rows.get(change.id), change)
+    return rows
+
+
+def _users_for(
+    session: Session, wanted: list[tuple[str, uuid.UUID | None]]
+) -> Callable[[str, uuid.UUID | None], uuid.UUID | None]:
+    """Who a Stripe customer belongs to: the linked user, else the user the object's metadata
+    names (our Checkout Sessions set it), if that user exists. Two reads for the batch."""
+    linked: dict[str, uuid.UUID] = {}
+    existing: set[uuid.UUID] = set()
+    if wanted:
+        conn = session.connection()
+        customers = sorted({customer for customer, _ in wanted})
+        linked = {
+            customer: user_id
+            for customer, user_id in conn.execute(
+                select(BillingCustomer.stripe_customer_id, BillingCustomer.user_id).where(
+                    BillingCustomer.stripe_customer_id.in_(customers)
+                )
+            )
+        }
+        named = {user for customer, user in wanted if user and customer not in linked}
+        if named:
+            existing = set(conn.execute(select(User.id).where(User.id.in_(named))).scalars())
+
+    def user_for(customer: str, named_user: uuid.UUID | None) -> uuid.UUID | None:
+        if customer in linked:
+            return linked[customer]
+        return named_user if named_user in existing else None
+
+    return user_for
+
+
+def _link_customer(session: Session, change: CheckoutLink) -> str:
+    user_id, customer_id = change.user_id, change.customer_id
     if customer_id is None or user_id is None or session.get(User, user_id) is None:
-        return Handled("unmatched")
+        return "unmatched"
     linked = session.scalar(
         select(BillingCustomer.stripe_customer_id).where(BillingCustomer.user_id == user_id)
     )
@@ -166,144 +299,30 @@ def _checkout_completed(session: Session, event: StripeEventIn) -> Handled:
             [{"user_id": user_id, "stripe_customer_id": customer_id, "created_at": utcnow()}],
             key="user_id",
         )
-        return Handled("applied")
-    return Handled("applied" if linked == customer_id else "ignored")
-
-
-def _subscription_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
-    items = obj.get("items")
-    first: Mapping[str, Any] = {}
-    if isinstance(items, dict) and isinstance(items.get("data"), list) and items["data"]:
-        first = items["data"][0] if isinstance(items["data"][0], dict) else {}
-    price = first.get("price")
-    price_id = price.get("id") if isinstance(price, dict) else price
-    # Since API version 2025-03-31 the period lives on the item; before, on the subscription.
-    start = obj.get("current_period_start", first.get("current_period_start"))
-    end = obj.get("current_period_end", first.get("current_period_end"))
-    price_id = price_id if isinstance(price_id, str) else None
-    return {
-        "plan": plan_for_price(price_id),
-        "price_id": price_id,
-        "status": _str(obj, "status"),
-        "current_period_start": _time(start),
-        "current_period_end": _time(end),
-        "cancel_at_period_end": bool(obj.get("cancel_at_period_end")),
-        "canceled_at": _time(obj.get("canceled_at")),
-    }
-
-
-def _subscription_changed(session: Session, event: StripeEventIn) -> Handled:
-    obj = event.data.object
-    subscription_id, customer_id = _str(obj, "id"), _str(obj, "customer")
-    fields = _subscription_fields(obj)
-    at = datetime.fromtimestamp(event.created, UTC)
-    row = _locked(session, Subscription, subscription_id)
-    if row is None:  # the first event of this subscription: whose is it?
-        user_id = _user_for(session, customer_id, obj)
-        if user_id is None:
-            return Handled("unmatched")
-        new = {
-            **fields,
-            "id": subscription_id,
-            "user_id": user_id,
-            "stripe_customer_id": customer_id,
-            "past_due_since": at if fields["status"] == "past_due" else None,
-            "version": event.created,
-            "created_at": utcnow(),
-            "updated_at": utcnow(),
-        }
-        if insert_new(session, Subscription, [new], key="id"):
-            return Handled("applied")
-        row = _locked(session, Subscription, subscription_id)  # a concurrent event created it
-        assert row is not None
-    ended = row.status in TERMINAL_STATUSES and fields["status"] not in TERMINAL_STATUSES
-    if _is_stale(event.created, row.version) or ended:
-        return Handled("stale")
-    if fields["status"] != "past_due":
-        row.past_due_since = None
-    elif row.status != "past_due" or row.past_due_since is None:
-        row.past_due_since = at
-    for name, value in fields.items():
-        setattr(row, name, value)
-    row.version = event.created
-    return Handled("applied")
-
-
-def _invoice_changed(session: Session, event: StripeEventIn) -> Handled:
-    obj = event.data.object
-    invoice_id, customer_id = _str(obj, "id"), _str(obj, "customer")
-    user_id = _user_for(session, customer_id, obj)
-    if user_id is None:
-        return Handled("unmatched")
-    status = "paid" if event.type == "invoice.paid" else "payment_failed"
-    parent = obj.get("parent") if isinstance(obj.get("parent"), dict) else {}
-    details = parent.get("subscription_details") if parent else None
-    subscription_id = obj.get("subscription") or (
-        details.get("subscription") if isinstance(details, dict) else None
-    )
-    fields: dict[str, Any] = {
-        "user_id": user_id,
-        "stripe_customer_id": customer_id,
-        "subscription_id": subscription_id if isinstance(subscription_id, str) else None,
-        "status": status,
-        "currency": _str(obj, "currency").lower()[:3],
-        "amount_due": _int(obj, "amount_due"),
-        "amount_paid": _int(obj, "amount_paid", 0),
-        "attempt_count": _int(obj, "attempt_count", 0),
-        "hosted_invoice_url": obj.get("hosted_invoice_url")
-        if isinstance(obj.get("hosted_invoice_url"), str)
-        else None,
-        "version": event.created,
-        "updated_at": utcnow(),
-    }
-    row = _locked(session, Invoice, invoice_id)
-    new = {**fields, "id": invoice_id, "created_at": utcnow()}
-    if row is None and not insert_new(session, Invoice, [new], key="id"):
-        row = _locked(session, Invoice, invoice_id)  # a concurrent event created it
-        assert row is not None
-    if row is not None:
-        if _is_stale(event.created, row.version) or row.status == "paid":
-            return Handled("stale")
-        for name, value in fields.items():
-            setattr(row, name, value)
-    emails = _payment_failed_email(session, user_id, fields) if status == "payment_failed" else ()
-    return Handled("applied", emails)
+        return "applied"
+    return "applied" if linked == customer_id else "ignored"
 
 
 def _payment_failed_email(
-    session: Session, user_id: uuid.UUID, invoice: Mapping[str, Any]
+    session: Session,
+    user_id: uuid.UUID | None,
+    invoice: InvoiceChange,
+    plans: Mapping[str, str | None],
 ) -> tuple[EmailRequest, ...]:
-    user = session.get(User, user_id)
-    if user is None:
+    email = session.scalar(select(User.email).where(User.id == user_id)) if user_id else None
+    if user_id is None or email is None:
         return ()
-    plan = session.scalar(
-        select(Subscription.plan).where(Subscription.id == invoice["subscription_id"])
+    fields = invoice.fields
+    subscription_id = fields["subscription_id"]
+    plan = (
+        plans[subscription_id]
+        if subscription_id in plans
+        else session.scalar(select(Subscription.plan).where(Subscription.id == subscription_id))
     )
     context = {
-        "amount": format_money(invoice["amount_due"], invoice["currency"]),
+        "amount": format_money(fields["amount_due"], fields["currency"]),
         "plan": plan or "paid",
-        "link": invoice["hosted_invoice_url"] or get_settings().billing_portal_return_url,
+        "link": fields["hosted_invoice_url"] or get_settings().billing_portal_return_url,
         "grace_days": str(get_settings().billing_grace_period_days),
     }
-    return (EmailRequest(user.email, "payment_failed", context, user_id),)
-
-
-def _locked(session: Session, model: type[Subscription] | type[Invoice], key: str) -> Any:
-    """The row, locked until commit (and re-read: another transaction may have changed it)."""
-    return session.scalar(
-        select(model)
-        .where(model.id == key)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-
-
-HANDLERS: dict[str, Callable[[Session, StripeEventIn], Handled]] = {
-    "checkout.session.completed": _checkout_completed,
-    "customer.subscription.created": _subscription_changed,
-    "customer.subscription.updated": _subscription_changed,
-    "customer.subscription.deleted": _subscription_changed,
-    "invoice.paid": _invoice_changed,
-    "invoice.payment_failed": _invoice_changed,
-}
-HANDLED_TYPES = frozenset(HANDLERS)
+    return (EmailRequest(email, "payment_failed", context, user_id),)

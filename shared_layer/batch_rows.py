@@ -1,0 +1,215 @@
+"""A batch's rows in few statements: insert-if-absent and lock, then write back by key.
+
+`insert_new_and_lock` is `idempotency.insert_new` for many rows at once (`INSERT ... ON
+CONFLICT (key) DO NOTHING RETURNING key`: a row another transaction is inserting is waited
+for, then skipped, so each key is inserted by exactly one caller), followed by reading the
+rows the batch will change under their row locks (`SELECT ... FOR UPDATE`). `update_rows`
+writes the changed columns back by primary key. Rows go in key order and locks table by table
+in the order given, so callers that keep one order wait on each other but never deadlock.
+
+On PostgreSQL each call is one statement however many rows and tables it covers, sent with no
+bind parameters: the rows travel inline as one escaped JSON literal read by
+`json_populate_recordset`. That is what pg8000 makes cheap: a statement with parameters costs
+three round trips (parse, describe, bind and execute) and a Python scan of its text, one
+without costs one. On SQLite (one writer at a time, no locks to take) these are plain
+statements.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Dialect, Table, bindparam, select, update
+from sqlalchemy.orm import Session
+
+__all__ = ["DEFERRED_WRITES", "Lock", "Row", "insert_new_and_lock", "update_rows"]
+
+# A list under this key in Connection.info: update_rows appends its statement there instead
+# of sending it, for the transaction to send with its COMMIT (lean_transaction).
+DEFERRED_WRITES = "stratus.deferred_writes"
+
+Row = dict[str, Any]
+Lock = tuple[Table, Collection[str], tuple[str, ...]]  # table, string keys, columns to read
+
+
+def insert_new_and_lock(
+    session: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: str,
+    locks: Sequence[Lock] = (),
+) -> tuple[set[Any], list[dict[Any, Row]]]:
+    """Insert the rows whose `key` is not stored yet (the first of repeated keys), then lock
+    and read the stored rows each `Lock` names.
+
+    The keys inserted, and per lock the rows found (by primary key; the lock's `columns`, the
+    key among them). The rows of `table` all name the same columns.
+    """
+    unique: dict[Any, Mapping[str, Any]] = {}
+    for row in rows:
+        unique.setdefault(row[key], row)
+    ordered = [dict(unique[k]) for k in sorted(unique)]
+    sorted_locks = [(t, sorted(keys), columns) for t, keys, columns in locks]
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        columns = tuple(ordered[0]) if ordered else (key,)
+        shape = tuple((t, cols) for t, _, cols in sorted_locks)
+        sql = _pg_insert_and_lock_sql(table, columns, key, shape, conn.dialect).format(
+            rows=_literal(ordered),
+            **{f"keys{n}": _literal(k) for n, (_, k, _) in enumerate(sorted_locks)},
+        )
+        inserted: set[Any] = set()
+        found: list[dict[Any, Row]] = [{} for _ in sorted_locks]
+        for kind, row in conn.exec_driver_sql(sql):
+            if kind < 0:
+                inserted.add(row[key])
+            else:
+                t = sorted_locks[kind][0]
+                found[kind][row[_primary_key(t)]] = _from_json(t, row)
+        return inserted, found
+    inserted = set()
+    if ordered:
+        statement = _sqlite_insert(table).on_conflict_do_nothing(index_elements=[key])
+        inserted = set(conn.execute(statement.returning(table.c[key]), ordered).scalars())
+    found = []
+    for t, keys, columns in sorted_locks:
+        pk = t.c[_primary_key(t)]
+        query = select(*(t.c[c] for c in columns)).where(pk.in_(keys)).order_by(pk)
+        result = conn.execute(query.with_for_update()) if keys else None
+        found.append({row[pk.name]: dict(row) for row in result.mappings()} if result else {})
+    return inserted, found
+
+
+def update_rows(session: Session, writes: Sequence[tuple[Table, Sequence[Row]]]) -> None:
+    """Set the columns each row names (the rows of one table name the same ones) on the
+    stored row with its primary key: rows this transaction holds locked."""
+    ordered = [(t, sorted(rows, key=lambda r: r[_primary_key(t)])) for t, rows in writes if rows]
+    if not ordered:
+        return
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        shape = tuple((t, tuple(rows[0])) for t, rows in ordered)
+        sql = _pg_update_sql(shape, conn.dialect).format(
+            **{f"rows{n}": _literal(rows) for n, (_, rows) in enumerate(ordered)}
+        )
+        deferred = conn.info.get(DEFERRED_WRITES)
+        if deferred is not None:
+            deferred.append(sql)
+        else:
+            conn.exec_driver_sql(sql)
+        return
+    for t, rows in ordered:
+        pk = _primary_key(t)
+        statement = (
+            update(t)
+            .where(t.c[pk] == bindparam("b_" + pk))
+            .values({name: bindparam("b_" + name) for name in rows[0] if name != pk})
+        )
+        conn.execute(statement, [{"b_" + name: value for name, value in r.items()} for r in rows])
+
+
+def _primary_key(table: Table) -> str:
+    (column,) = table.primary_key.columns
+    return str(column.name)
+
+
+def _sqlite_insert(table: Table) -> Any:
+    from sqlalchemy.dialects.sqlite import insert
+
+    return insert(table)
+
+
+# PostgreSQL: one statement, the rows inline as JSON
+
+
+def _literal(values: Sequence[Any]) -> str:
+    """`values` as a PostgreSQL string literal of JSON, safe to put in a statement's text:
+    json.dumps leaves only ASCII, and the E'' string doubles each backslash and quote, so
+    it means the same whatever `standard_conforming_strings` is."""
+    text = json.dumps(list(values), default=_json_value, separators=(",", ":"))
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot send a {type(value).__name__} as a column value")
+
+
+def _from_json(table: Table, row: Mapping[str, Any]) -> Row:
+    """A row read back through `row_to_json`, its timestamps as Python datetimes."""
+    return {
+        name: datetime.fromisoformat(value)
+        if value is not None and _is_timestamp(table, name)
+        else value
+        for name, value in row.items()
+    }
+
+
+def _is_timestamp(table: Table, column: str) -> bool:
+    try:
+        return table.c[column].type.python_type is datetime
+    except NotImplementedError:
+        return False
+
+
+def _records(table: Table, field: str, dialect: Dialect) -> str:
+    name = dialect.identifier_preparer.quote(table.name)
+    return f"json_populate_recordset(NULL::{name}, CAST({{{field}}} AS json))"
+
+
+@lru_cache(maxsize=64)
+def _pg_insert_and_lock_sql(
+    table: Table,
+    columns: tuple[str, ...],
+    key: str,
+    locks: tuple[tuple[Table, tuple[str, ...]], ...],
+    dialect: Dialect,
+) -> str:
+    """The statement, with a `{rows}` and a `{keysN}` field per lock for the literals. Rows
+    come back as (kind, row as JSON): kind -1 for an inserted key, else the lock's index.
+    The insert's CTE is read first, so it runs first; each locking CTE sorts, then locks."""
+    quote = dialect.identifier_preparer.quote
+    names = ", ".join(quote(c) for c in columns)
+    ctes = [
+        f"new AS (INSERT INTO {quote(table.name)} ({names}) "  # noqa: S608 (names: metadata)
+        f"SELECT {names} FROM {_records(table, 'rows', dialect)} "
+        f"ON CONFLICT ({quote(key)}) DO NOTHING RETURNING {quote(key)})"
+    ]
+    selects = [f"SELECT -1, json_build_object('{key}', {quote(key)}) FROM new"]  # noqa: S608
+    for n, (t, cols) in enumerate(locks):
+        pk = quote(_primary_key(t))
+        ctes.append(
+            f"lock{n} AS (SELECT {', '.join(quote(c) for c in cols)} FROM {quote(t.name)} "  # noqa: S608
+            f"WHERE {pk} IN (SELECT json_array_elements_text(CAST({{keys{n}}} AS json))) "
+            f"ORDER BY {pk} FOR UPDATE)"
+        )
+        selects.append(f"SELECT {n}, row_to_json(lock{n}) FROM lock{n}")  # noqa: S608
+    return "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(selects)
+
+
+@lru_cache(maxsize=64)
+def _pg_update_sql(writes: tuple[tuple[Table, tuple[str, ...]], ...], dialect: Dialect) -> str:
+    """The statement, with a `{rowsN}` field per table: the first tables' updates in CTEs."""
+    quote = dialect.identifier_preparer.quote
+    updates = []
+    for n, (t, columns) in enumerate(writes):
+        target, pk = quote(t.name), quote(_primary_key(t))
+        sets = ", ".join(f"{quote(c)} = v.{quote(c)}" for c in columns if c != _primary_key(t))
+        updates.append(
+            f"UPDATE {target} SET {sets} FROM {_records(t, f'rows{n}', dialect)} AS v "  # noqa: S608
+            f"WHERE {target}.{pk} = v.{pk}"
+        )
+    *first, last = updates
+    ctes = ", ".join(f"w{n} AS ({u} RETURNING 1)" for n, u in enumerate(first))
+    return (f"WITH {ctes} " if ctes else "") + last

@@ -1,0 +1,117 @@
+"""A transaction in two round trips on PostgreSQL, for a process that commits very often.
+
+pg8000 spends round trips where a batch of webhook events cannot afford them: `BEGIN` is one,
+each statement with parameters three, `COMMIT` three, and a pooled connection adds a ping on
+checkout and two statements to reset its isolation level on return. `LeanTransactions` keeps
+one connection of its own in autocommit mode and spends as few as the server allows:
+
+- `BEGIN` goes in front of the transaction's first statement (one simple query), or on its
+  own before a first statement that has parameters;
+- writes `batch_rows.update_rows` makes are held back and sent with the `COMMIT`, in one
+  simple query, when the block ends normally (so they are the transaction's last words: a
+  read after them in the same block would not see them);
+- on any exception the transaction is rolled back, and a connection that broke is dropped
+  and replaced on next use.
+
+A transaction whose statements are `insert_new_and_lock` and `update_rows` costs two round
+trips. On SQLite it is `session_scope()`. One `LeanTransactions` serves one thread at a time
+(a group committer's); it follows the engine when settings rebuild it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.orm import Session
+
+from shared_layer.batch_rows import DEFERRED_WRITES
+from shared_layer.database import get_engine, session_scope
+
+__all__ = ["LeanTransactions"]
+
+_BEGIN_PENDING = "stratus.begin_pending"
+
+
+class LeanTransactions:
+    """`with lean() as session:` one transaction on the calling thread's own connection
+    (see the module); `close()` closes every thread's."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[Connection] = []
+
+    @contextmanager
+    def __call__(self) -> Iterator[Session]:
+        engine = get_engine()
+        if engine.dialect.name != "postgresql":
+            with session_scope() as session:
+                yield session
+            return
+        conn = self._connection(engine)
+        conn.info[_BEGIN_PENDING] = True
+        conn.info[DEFERRED_WRITES] = []
+        session = Session(bind=conn, expire_on_commit=False)
+        try:
+            yield session
+            session.flush()
+            deferred = conn.info[DEFERRED_WRITES]
+            if deferred or not conn.info[_BEGIN_PENDING]:  # (BEGIN goes in front if pending)
+                conn.exec_driver_sql("; ".join([*deferred, "COMMIT"]))
+        except BaseException:
+            try:
+                session.close()  # rolls back: pg8000 sends ROLLBACK if one is open
+            except Exception:
+                conn.invalidate()  # replaced on next use
+            raise
+        finally:
+            # The keys live on the DBAPI connection: gone, so that no other user of it defers.
+            conn.info.pop(DEFERRED_WRITES, None)
+            conn.info.pop(_BEGIN_PENDING, None)
+            session.close()  # after the COMMIT its DBAPI rollback is a no-op
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._open = self._open, []
+        for conn in conns:
+            with suppress(Exception):  # an engine disposed under it: nothing left to free
+                conn.close()
+
+    def _connection(self, engine: Engine) -> Connection:
+        """This thread's connection to `engine`: made on first use, again after the engine
+        was rebuilt, the connection broke, or the process forked."""
+        local = self._local
+        conn: Connection | None = getattr(local, "conn", None)
+        if conn is not None and (
+            local.engine is not engine or conn.invalidated or local.pid != os.getpid()
+        ):
+            if local.pid == os.getpid():
+                with suppress(Exception):
+                    conn.close()
+            conn = None
+        if conn is None:
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            event.listen(conn, "before_cursor_execute", _begin_first, retval=True)
+            local.conn, local.engine, local.pid = conn, engine, os.getpid()
+            with self._lock:
+                self._open = [c for c in self._open if not c.closed] + [conn]
+        return conn
+
+
+def _begin_first(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+) -> tuple[str, Any]:
+    """Open the transaction with its first statement: in the same query when it has no
+    parameters, else just before it."""
+    if not conn.info.get(_BEGIN_PENDING):
+        return statement, parameters
+    conn.info[_BEGIN_PENDING] = False
+    if not parameters:
+        return "BEGIN; " + statement, parameters
+    cursor.execute("BEGIN")
+    return statement, parameters
