@@ -45,7 +45,7 @@ from bench.processes import free_port, stop_group  # noqa: E402
 
 STRIPE_SECRET = "whsec_bench_" + "b" * 32
 TARGET_RATIO = 0.40
-FLOORS = ("verify_only", "verify_and_insert")  # bench/webhook_floor/main.py
+FLOORS = ("verify_only", "verify_and_insert", "verify_and_batched_insert")  # bench/webhook_floor
 SUBSCRIPTIONS = 64  # events spread over these, as a busy account's would be
 START_TIMEOUT = 60.0
 
@@ -306,7 +306,8 @@ def main() -> int:
     parser.add_argument(
         "--floors",
         action="store_true",
-        help="also run bench/webhook_floor: verify only, and verify + one INSERT per event",
+        help="also run bench/webhook_floor: verify only, verify + one INSERT per event, and "
+        "verify + INSERTs group-committed as stripe_webhook commits",
     )
     parser.add_argument(
         "--no-monitoring", action="store_true", help="MONITORING_ENABLED=false in the functions"

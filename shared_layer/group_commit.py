@@ -66,8 +66,9 @@ class GroupCommitter(Generic[T, R]):
     `transaction()` opens one transaction (commit on normal exit, rollback on an exception,
     as `shared_layer.database.session_scope` does); `apply_batch(session, items)` does the
     items' work in it and returns one result per item, in order. `after_commit(items,
-    results)`, if given, runs in the committer after each commit (before the waiters are
-    released), for what must only happen once the results are durable: a log line, say.
+    results)`, if given, runs in the committer once the waiters of committed items are
+    released (a fallback reports each item that succeeded): for what must only happen once
+    the results are durable and need not delay the answers, a log line, say.
     """
 
     def __init__(
@@ -208,12 +209,20 @@ class GroupCommitter(Generic[T, R]):
             results = self._apply_batch(session, items)
             if len(results) != len(items):
                 raise RuntimeError(f"apply_batch gave {len(results)} results for {len(items)}")
-        if self._after_commit is not None:
-            try:
-                self._after_commit(items, results)
-            except Exception:  # the work is committed; a failing report must not undo that
-                logger.exception("%s: after_commit failed", self._name)
         return results
+
+    def _report(self, items: Sequence[T], outcomes: Sequence[R | Exception]) -> None:
+        if self._after_commit is None:
+            return
+        committed = [
+            (i, o) for i, o in zip(items, outcomes, strict=True) if not isinstance(o, Exception)
+        ]
+        if not committed:
+            return
+        try:
+            self._after_commit([i for i, _ in committed], [o for _, o in committed])
+        except Exception:  # the work is committed; a failing report must not undo that
+            logger.exception("%s: after_commit failed", self._name)
 
     def _settle(
         self,
@@ -238,3 +247,4 @@ class GroupCommitter(Generic[T, R]):
                 waiting.future.set_exception(outcome)
             else:
                 waiting.future.set_result(outcome)
+        self._report([w.item for w in batch], outcomes)

@@ -133,16 +133,30 @@ def test_a_failing_batch_of_one_is_not_run_twice(db):
     gc.close()
 
 
-def test_results_are_released_only_after_the_commit(db):
-    seen: list[tuple[list[str], set[str]]] = []
+def test_a_result_is_released_only_once_its_item_is_committed(db):
+    gc = committer(Store())
 
-    def after_commit(items: Sequence[str], results: Sequence[str]) -> None:
-        seen.append((list(items), stored_ids()))  # another session: only committed rows
+    for n in range(20):
+        assert gc.submit(f"a{n}") == f"A{n}"
+        assert f"a{n}" in stored_ids()  # another session sees it: committed
+    gc.close()
 
-    gc = committer(Store(), after_commit=after_commit)
 
-    assert gc.submit("a") == "A"
-    assert seen == [(["a"], {"a"})]
+def test_after_commit_reports_the_committed_items_but_not_a_refused_one(db):
+    gate = threading.Event()
+    reported: list[tuple[list[str], list[str]]] = []
+    gc = committer(Store(gate), after_commit=lambda i, r: reported.append((list(i), list(r))))
+    first = submit_all(gc, ["first"])
+    wait_until(lambda: gc.running == 1, "the first batch runs")
+    rest = submit_all(gc, ["ok", "boom"])
+    wait_until(lambda: gc.pending == 2, "two items wait")
+
+    gate.set()
+    first[0].result(10)
+    rest[0].result(10)
+    wait_until(lambda: len(reported) == 2, "both transactions are reported")
+
+    assert reported == [(["first"], ["FIRST"]), (["ok"], ["OK"])]
     gc.close()
 
 
