@@ -3,7 +3,7 @@
 `verify_only` does what stripe_webhook does before the database (the Router, the signature
 check, JSON and the event model) and answers; `verify_and_insert` adds one transaction with
 one INSERT of the event; `verify_and_batched_insert` hands the event to a group committer as
-stripe_webhook does (two committer threads, lean transactions) that only INSERTs the waiting
+stripe_webhook does (one committer thread, lean transactions) that only INSERTs the waiting
 events, in one statement, and commits. Measured with `bench/webhooks.py --floors`, they show
 how much of the gap to hello-world is the HTTP adapter, how much a transaction per event, and
 how much is left once transactions are shared (what applying the events costs on top).
@@ -86,9 +86,7 @@ def _batch_committer() -> GroupCommitter[dict[str, Any], bool]:
     global _committer
     with _committer_lock:
         if _committer is None:
-            _committer = GroupCommitter(
-                transaction=LeanTransactions(), apply_batch=_store_batch, committers=2
-            )
+            _committer = GroupCommitter(transaction=LeanTransactions(), apply_batch=_store_batch)
         return _committer
 
 
