@@ -11,17 +11,22 @@ one connection of its own in autocommit mode and spends as few as the server all
   simple query, when the block ends normally (so they are the transaction's last words: a
   read after them in the same block would not see them);
 - on any exception the transaction is rolled back, and a connection that broke is dropped
-  and replaced on next use.
+  and replaced on next use;
+- a connection idle for `ping_after_idle` seconds is checked (`SELECT 1`) before it is used,
+  as the pool's pre-ping would (a connection the server or a proxy dropped while the instance
+  was idle must not cost the first event after it), and one older than `recycle_after` is
+  replaced, as the pool's recycle would.
 
 A transaction whose statements are `insert_new_and_lock` and `update_rows` costs two round
-trips. On SQLite it is `session_scope()`. One `LeanTransactions` serves one thread at a time
-(a group committer's); it follows the engine when settings rebuild it.
+trips. On SQLite it is `session_scope()`. Each thread that opens transactions (a group
+committer's) gets a connection of its own; it follows the engine when settings rebuild it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -41,7 +46,9 @@ class LeanTransactions:
     """`with lean() as session:` one transaction on the calling thread's own connection
     (see the module); `close()` closes every thread's."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, ping_after_idle: float = 10.0, recycle_after: float = 1800.0) -> None:
+        self._ping_after_idle = ping_after_idle
+        self._recycle_after = recycle_after
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: list[Connection] = []
@@ -84,11 +91,16 @@ class LeanTransactions:
 
     def _connection(self, engine: Engine) -> Connection:
         """This thread's connection to `engine`: made on first use, again after the engine
-        was rebuilt, the connection broke, or the process forked."""
+        was rebuilt, the connection broke or grew old, or the process forked."""
         local = self._local
+        now = time.monotonic()
         conn: Connection | None = getattr(local, "conn", None)
         if conn is not None and (
-            local.engine is not engine or conn.invalidated or local.pid != os.getpid()
+            local.engine is not engine
+            or conn.invalidated
+            or local.pid != os.getpid()
+            or now - local.opened > self._recycle_after
+            or (now - local.used > self._ping_after_idle and not _alive(conn))
         ):
             if local.pid == os.getpid():
                 with suppress(Exception):
@@ -97,10 +109,22 @@ class LeanTransactions:
         if conn is None:
             conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             event.listen(conn, "before_cursor_execute", _begin_first, retval=True)
-            local.conn, local.engine, local.pid = conn, engine, os.getpid()
+            local.conn, local.engine, local.pid, local.opened = conn, engine, os.getpid(), now
             with self._lock:
                 self._open = [c for c in self._open if not c.closed] + [conn]
+        local.used = now
         return conn
+
+
+def _alive(conn: Connection) -> bool:
+    try:
+        conn.exec_driver_sql("SELECT 1")
+        conn.rollback()  # ends SQLAlchemy's transaction; in autocommit, nothing to send
+    except Exception:
+        with suppress(Exception):
+            conn.invalidate()
+        return False
+    return True
 
 
 def _begin_first(

@@ -144,3 +144,47 @@ def test_no_thread_is_started_by_importing_the_webhook():
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
     assert {t.name for t in threading.enumerate()} == before
+
+
+def _terminate_lean_connections(pg: Engine) -> int:
+    """Drop, from the server's side, every other idle connection (the lean ones)."""
+    with pg.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND state = 'idle'"
+                )
+            ).scalar_one()
+        )
+
+
+def test_a_lean_connection_dropped_while_idle_is_replaced_before_the_next_event(pg, user_token):
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    lean = LeanTransactions(ping_after_idle=0)
+    record(sub_event("created", "sub_a", customer, T0), lean)
+    assert _terminate_lean_connections(pg) >= 1
+
+    receipt = record(sub_event("updated", "sub_a", customer, T0 + 5, status="past_due"), lean)
+
+    assert receipt.outcome == "applied"
+    assert stored_subscription("sub_a").status == "past_due"
+    lean.close()
+
+
+def test_without_the_idle_check_a_dropped_connection_fails_one_transaction_only(pg, user_token):
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    lean = LeanTransactions(ping_after_idle=3600)
+    record(sub_event("created", "sub_a", customer, T0), lean)
+    assert _terminate_lean_connections(pg) >= 1
+    updated = sub_event("updated", "sub_a", customer, T0 + 5, status="past_due")
+
+    with pytest.raises(Exception, match=r"(?i)network|reset|terminat|closed"):
+        record(updated, lean)
+    receipt = record(updated, lean)  # a new connection; nothing of the first try was kept
+
+    assert (receipt.duplicate, receipt.outcome) == (False, "applied")
+    lean.close()
