@@ -66,6 +66,10 @@ class InvoiceChange:
 
 Change = CheckoutLink | SubscriptionChange | InvoiceChange
 
+_SUBSCRIPTION_TYPES = frozenset(
+    f"customer.subscription.{what}" for what in ("created", "updated", "deleted")
+)
+
 
 def change_for(type_: str, obj: Mapping[str, Any], created: int) -> Change | None:
     """The change an event of `type_` asks for; None for a type that changes nothing.
@@ -74,11 +78,7 @@ def change_for(type_: str, obj: Mapping[str, Any], created: int) -> Change | Non
     """
     if type_ == "checkout.session.completed":
         return CheckoutLink(_opt_str(obj, "customer"), _metadata_user(obj))
-    if type_.startswith("customer.subscription.") and type_.rsplit(".", 1)[1] in {
-        "created",
-        "updated",
-        "deleted",
-    }:
+    if type_ in _SUBSCRIPTION_TYPES:
         return SubscriptionChange(
             _str(obj, "id"), _str(obj, "customer"), _metadata_user(obj), created, _sub_fields(obj)
         )

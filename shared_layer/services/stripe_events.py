@@ -6,13 +6,15 @@ copy later in the same batch is a duplicate too) and applies the new ones in the
 transaction, so a failure leaves neither the events nor half their effect, and Stripe's retry
 starts clean. `record_stripe_event` is the same for one event.
 
-Applying a batch costs a few statements however many events it holds: the subscription and
-invoice rows are read under their row locks in one `SELECT ... FOR UPDATE` each (in key order,
-so two batches touching the same rows wait on each other rather than deadlock), the events of
-one row are applied in arrival order in memory (`stripe_changes`: versions, terminal states, a
-paid invoice), and every changed row is written back in one statement. A row that another
-transaction creates while this one looks (the first event of a subscription, delivered twice
-at once) is read again under its lock and the row's events applied on top of it.
+Applying a batch costs two statements however many events it holds: one inserts the events
+and reads the subscription and invoice rows they name under their row locks (`batch_rows.
+insert_new_and_lock`: events, then subscriptions, then invoices, each in key order, so two
+batches touching the same rows wait on each other rather than deadlock); the events of one row
+are applied in arrival order in memory (`stripe_changes`: versions, terminal states, a paid
+invoice); one writes every changed row and every event's outcome back (`update_rows`). Rows a
+batch creates are inserted in between; one that another transaction created meanwhile (the
+first event of a subscription, delivered twice at once) is read again under its lock and the
+row's events applied on top of it.
 
 Handled: checkout.session.completed (links the customer to the user),
 customer.subscription.created|updated|deleted, invoice.paid, invoice.payment_failed (also
