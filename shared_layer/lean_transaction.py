@@ -61,26 +61,25 @@ class LeanTransactions:
                 yield session
             return
         conn = self._connection(engine)
-        conn.info[_BEGIN_PENDING] = True
-        conn.info[DEFERRED_WRITES] = []
+        info = conn.info  # the DBAPI connection's: read it while the connection is valid
+        info[_BEGIN_PENDING] = True
+        info[DEFERRED_WRITES] = []
         session = Session(bind=conn, expire_on_commit=False)
         try:
             yield session
             session.flush()
-            deferred = conn.info[DEFERRED_WRITES]
-            if deferred or not conn.info[_BEGIN_PENDING]:  # (BEGIN goes in front if pending)
+            deferred = info[DEFERRED_WRITES]
+            if deferred or not info[_BEGIN_PENDING]:  # (BEGIN goes in front if pending)
                 conn.exec_driver_sql("; ".join([*deferred, "COMMIT"]))
         except BaseException:
-            try:
-                session.close()  # rolls back: pg8000 sends ROLLBACK if one is open
-            except Exception:
-                conn.invalidate()  # replaced on next use
+            _abandon(session, conn)
             raise
-        finally:
-            # The keys live on the DBAPI connection: gone, so that no other user of it defers.
-            conn.info.pop(DEFERRED_WRITES, None)
-            conn.info.pop(_BEGIN_PENDING, None)
+        else:
             session.close()  # after the COMMIT its DBAPI rollback is a no-op
+        finally:
+            # Gone, so that no other user of this DBAPI connection defers its writes.
+            info.pop(DEFERRED_WRITES, None)
+            info.pop(_BEGIN_PENDING, None)
 
     def close(self) -> None:
         with self._lock:
@@ -114,6 +113,18 @@ class LeanTransactions:
                 self._open = [c for c in self._open if not c.closed] + [conn]
         local.used = now
         return conn
+
+
+def _abandon(session: Session, conn: Connection) -> None:
+    """Roll back; a connection that cannot, or that the server closed (pg8000 reports the
+    server's FATAL as an error first), is invalidated, to be replaced on next use."""
+    try:
+        session.close()  # rolls back: pg8000 sends ROLLBACK if a transaction is open
+    except Exception:
+        with suppress(Exception):
+            conn.invalidate()
+        return
+    _alive(conn)
 
 
 def _alive(conn: Connection) -> bool:

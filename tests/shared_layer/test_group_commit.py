@@ -187,7 +187,7 @@ def test_close_finishes_the_queued_items_then_refuses_new_ones(db):
     gate.set()
     closing.join(10)
 
-    assert [f.result(0) for f in futures] == ["FIRST", "QUEUED1", "QUEUED2"]
+    assert [f.result(10) for f in futures] == ["FIRST", "QUEUED1", "QUEUED2"]
     with pytest.raises(CommitterClosed):
         gc.submit("late")
     with session_scope() as session:
