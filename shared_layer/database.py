@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared_layer.config import get_settings
-from shared_layer.dbapi import cloud_sql_connection, prepare_sqlite
+from shared_layer.dbapi import cloud_sql_connection, prepare_sqlite, send_without_delay
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def build_engine(url: str | None = None) -> Engine:
         return _sqlite_engine(url, settings.database_echo)
     if url.startswith("postgresql://"):
         url = "postgresql+pg8000://" + url.removeprefix("postgresql://")
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=settings.database_pool_size,
         max_overflow=0,
@@ -81,6 +81,13 @@ def build_engine(url: str | None = None) -> Engine:
         pool_recycle=1800,
         echo=settings.database_echo,
     )
+    if engine.dialect.driver == "pg8000":
+
+        @event.listens_for(engine, "connect")
+        def _no_delay(dbapi_connection: Any, _record: Any) -> None:
+            send_without_delay(dbapi_connection)
+
+    return engine
 
 
 def get_engine() -> Engine:

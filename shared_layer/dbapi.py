@@ -11,7 +11,9 @@ SQLite (`sqlite3`) and PostgreSQL (`pg8000`).
 from __future__ import annotations
 
 import re
+import socket
 import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -25,6 +27,7 @@ __all__ = [
     "connect",
     "prepare_sqlite",
     "reset_cloud_sql_connector",
+    "send_without_delay",
     "url_password",
 ]
 
@@ -69,16 +72,33 @@ def connect(settings: Settings, *, timeout: float) -> Any:
     raise ValueError(f"unsupported database backend {backend!r} (sqlite or postgresql)")
 
 
+def send_without_delay(connection: Any) -> Any:
+    """Turn Nagle's algorithm off on a pg8000 connection's socket, and return the connection.
+
+    pg8000 leaves it on, so a message longer than one TCP segment (a statement over ~8 KB: a
+    batch of webhook events, a metrics flush) waits for the server's delayed ACK before its
+    last segment leaves: measured ~30 ms a statement on loopback instead of ~1.5 ms. pg8000
+    has no option for it; its socket is `_usock` (a plain or TLS socket; Unix sockets have no
+    Nagle and refuse the option)."""
+    sock = getattr(connection, "_usock", None)
+    if sock is not None:
+        with suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return connection
+
+
 def cloud_sql_connection(connector: Any, settings: Settings) -> Any:
     """A pg8000 connection to `CLOUD_SQL_INSTANCE` through a Cloud SQL Python Connector."""
     password = settings.db_password.get_secret_value() if settings.db_password else None
-    return connector.connect(
-        settings.cloud_sql_instance,
-        "pg8000",
-        user=settings.db_user,
-        password=password,
-        db=settings.db_name,
-        enable_iam_auth=settings.cloud_sql_iam_auth,
+    return send_without_delay(
+        connector.connect(
+            settings.cloud_sql_instance,
+            "pg8000",
+            user=settings.db_user,
+            password=password,
+            db=settings.db_name,
+            enable_iam_auth=settings.cloud_sql_iam_auth,
+        )
     )
 
 
@@ -142,4 +162,4 @@ def _postgresql(rest: str, timeout: float) -> Any:
     if database:
         kwargs["database"] = database
     kwargs["timeout"] = timeout
-    return pg8000.dbapi.connect(**kwargs)
+    return send_without_delay(pg8000.dbapi.connect(**kwargs))

@@ -81,3 +81,25 @@ def test_a_backend_other_than_sqlite_or_postgresql_is_refused(settings_env):
 
     with pytest.raises(ValueError, match="unsupported database backend 'mysql'"):
         dbapi.connect(get_settings(), timeout=5)
+
+
+def test_every_postgresql_connection_sends_without_delay(pg):
+    """Nagle's algorithm off on each pg8000 socket we open (the probe's, the plain-SQL pool's,
+    the engine's): with it on, a statement over ~8 KB waits ~30 ms for a delayed ACK."""
+    import socket
+
+    from shared_layer.database import get_engine
+    from shared_layer.sql import transaction
+
+    def no_delay(connection) -> bool:
+        return bool(connection._usock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    with closing(dbapi.connect(get_settings(), timeout=5)) as probe:
+        assert no_delay(probe)
+    with transaction() as db:
+        assert no_delay(db.connection)
+    engine_connection = get_engine().raw_connection()
+    try:
+        assert no_delay(engine_connection.driver_connection)
+    finally:
+        engine_connection.close()
