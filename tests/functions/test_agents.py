@@ -5,9 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,8 +23,14 @@ from shared_layer.errors import Conflict
 from shared_layer.models import Agent, Task, TaskStep
 from shared_layer.pubsub import LocalPushPublisher, get_publisher, set_local_push_target
 from shared_layer.sql import UniqueViolation, transaction
-from tests.conftest import FUNCTIONS, ROOT, function_app, table_counts
-from tests.support.cold_imports import first_request_imports, migrated_sqlite
+from tests.conftest import function_app, table_counts
+from tests.support.cold_imports import (
+    ORM,
+    Step,
+    first_request_imports,
+    migrated_sqlite,
+    serve_in_turn,
+)
 from tests.support.fake_pubsub import FakePubSub
 from tests.support.problems import assert_problem
 
@@ -689,26 +692,6 @@ def test_listing_agents_on_a_cold_instance_imports_no_llm_pubsub_stripe_alembic_
     assert cold.loaded(heavy) == []
 
 
-# A fresh interpreter serving one request after another; `{agent_id}` / `{task_id}` in a path
-# are the ids the create / submit before it answered with.
-_SERVE_IN_TURN = """
-import json, sys
-import functions_framework
-spec = json.loads(sys.argv[1])
-app = functions_framework.create_app(target="agents", source=spec["source"]).test_client()
-ids, answers = {}, []
-for method, path, body in spec["requests"]:
-    response = app.open(path.format(**ids), method=method, headers=spec["headers"], json=body)
-    answer = response.get_json(silent=True) or {}
-    answers.append([method, path, response.status_code, answer])
-    if path == "/agents" and method == "POST":
-        ids["agent_id"] = answer.get("id")
-    if path.endswith("/tasks") and method == "POST":
-        ids["task_id"] = answer.get("id")
-print(json.dumps({"answers": answers, "modules": sorted(sys.modules)}))
-"""
-
-
 def test_agents_serves_agents_and_tasks_without_importing_sqlalchemy(
     tmp_path, settings_env, user_token
 ):
@@ -717,43 +700,27 @@ def test_agents_serves_agents_and_tasks_without_importing_sqlalchemy(
     url = migrated_sqlite(tmp_path)
     settings_env(DATABASE_URL=url)
     _, token = user_token()
-    requests = [
-        ("POST", "/agents", {"name": "cold", "temperature": 0.5}),
-        ("GET", "/agents", None),
-        ("GET", "/agents/{agent_id}", None),
-        ("POST", "/agents/{agent_id}/tasks", {"input": "hello"}),
-        ("GET", "/tasks/{task_id}", None),
-        ("GET", "/tasks", None),
-    ]
-    spec = {
-        "source": str(FUNCTIONS / "agents" / "main.py"),
-        "headers": {"Authorization": token},
-        "requests": requests,
-    }
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "SECRET_MANAGER", "MONITORING_"))
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", _SERVE_IN_TURN, json.dumps(spec)],
-        capture_output=True,
-        text=True,
+    auth = {"Authorization": token}
+    served = serve_in_turn(
+        "agents",
+        [
+            Step("POST", "/agents", {"name": "cold", "temperature": 0.5}, auth, {"agent": "id"}),
+            Step("GET", "/agents", headers=auth),
+            Step("GET", "/agents/{agent}", headers=auth),
+            Step("POST", "/agents/{agent}/tasks", {"input": "hello"}, auth, {"task": "id"}),
+            Step("GET", "/tasks/{task}", headers=auth),
+            Step("GET", "/tasks", headers=auth),
+        ],
+        env={"DATABASE_URL": url},
         cwd=tmp_path,
-        env={**env, "DATABASE_URL": url, "MONITORING_FLUSH_SECONDS": "60", "PYTHONPATH": str(ROOT)},
-        timeout=120,
-        check=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
 
-    statuses = [(method, path, status) for method, path, status, _ in result["answers"]]
-    assert [status for *_, status in statuses] == [201, 200, 200, 202, 200, 200], statuses
-    answers = [answer for *_, answer in result["answers"]]
+    statuses = [status for status, _ in served.answers]
+    assert statuses == [201, 200, 200, 202, 200, 200], served.answers
+    answers = [answer for _, answer in served.answers]
     assert answers[1]["total"] == 1
     assert answers[2]["temperature"] == 0.5
     assert (answers[4]["status"], answers[4]["steps"]) == ("queued", [])
     assert [t["id"] for t in answers[5]["items"]] == [answers[3]["id"]]
-    orm = ("sqlalchemy", "shared_layer.models", "shared_layer.database", "shared_layer.idempotency")
-    loaded = [m for m in result["modules"] if any(m == p or m.startswith(p + ".") for p in orm)]
-    assert loaded == []
+    assert served.flushed == 6
+    assert served.loaded(ORM) == []

@@ -7,10 +7,7 @@ database as it was, and carry no stack trace, password or secret.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,8 +22,14 @@ from sqlalchemy import update
 from shared_layer.auth import create_email_verification_token, create_password_reset_token
 from shared_layer.database import session_scope
 from shared_layer.models import User
-from tests.conftest import BASE_ENV, FUNCTIONS, ROOT, table_counts
-from tests.support.cold_imports import first_request_imports, migrated_sqlite
+from tests.conftest import BASE_ENV, table_counts
+from tests.support.cold_imports import (
+    ORM,
+    Step,
+    first_request_imports,
+    migrated_sqlite,
+    serve_in_turn,
+)
 from tests.support.problems import assert_problem as problem
 
 PASSWORD = "Corr3ct-horse-battery"
@@ -488,58 +491,28 @@ def test_registering_on_a_cold_instance_imports_no_llm_pubsub_stripe_alembic_or_
     assert cold.loaded(heavy) == []
 
 
-# A fresh interpreter that registers, logs in, refreshes and asks /me, then writes the batched
-# API-call metrics (as the idle timer or the exit would).
-_SERVE_IN_TURN = """
-import json, sys
-import functions_framework
-spec = json.loads(sys.argv[1])
-app = functions_framework.create_app(target="auth", source=spec["source"]).test_client()
-credentials = {"email": "cold@example.com", "password": spec["password"]}
-statuses = []
-response = app.post("/register", json=credentials)
-statuses.append(response.status_code)
-response = app.post("/login", json=credentials)
-statuses.append(response.status_code)
-refresh_token = (response.get_json(silent=True) or {}).get("refresh_token")
-response = app.post("/refresh", json={"refresh_token": refresh_token})
-statuses.append(response.status_code)
-access_token = (response.get_json(silent=True) or {}).get("access_token")
-response = app.get("/me", headers={"Authorization": f"Bearer {access_token}"})
-statuses.append(response.status_code)
-me = response.get_json(silent=True)
-from shared_layer.monitoring import flush_metrics
-flushed = flush_metrics()
-modules = sorted(sys.modules)
-print(json.dumps({"statuses": statuses, "me": me, "flushed": flushed, "modules": modules}))
-"""
-
-
 def test_auth_serves_register_login_refresh_and_me_without_importing_sqlalchemy(tmp_path):
     """On a cold instance every route, the welcome email and the metrics' write go through
     plain SQL: SQLAlchemy (and the models built on it) is never imported."""
     url = migrated_sqlite(tmp_path)
-    spec = {"source": str(FUNCTIONS / "auth" / "main.py"), "password": PASSWORD}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "SECRET_MANAGER", "MONITORING_"))
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", _SERVE_IN_TURN, json.dumps(spec)],
-        capture_output=True,
-        text=True,
+    credentials = {"email": "cold@example.com", "password": PASSWORD}
+    served = serve_in_turn(
+        "auth",
+        [
+            Step("POST", "/register", credentials),
+            Step("POST", "/login", credentials, save={"refresh": "refresh_token"}),
+            Step(
+                "POST", "/refresh", {"refresh_token": "{refresh}"}, save={"access": "access_token"}
+            ),
+            Step("GET", "/me", headers={"Authorization": "Bearer {access}"}),
+        ],
+        env={"DATABASE_URL": url},
         cwd=tmp_path,
-        env={**env, "DATABASE_URL": url, "MONITORING_FLUSH_SECONDS": "60", "PYTHONPATH": str(ROOT)},
-        timeout=120,
-        check=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
 
-    assert result["statuses"] == [201, 200, 200, 200], done.stderr[-3000:]
-    assert result["me"]["email"] == "cold@example.com"
-    assert result["flushed"] == 4
+    assert [status for status, _ in served.answers] == [201, 200, 200, 200], served.answers
+    assert served.answers[3][1]["email"] == "cold@example.com"
+    assert served.flushed == 4
     with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as stored:
         assert stored.execute("SELECT template FROM email_messages").fetchall() == [("welcome",)]
         routes = stored.execute("SELECT route, status_code FROM api_call_metrics ORDER BY id")
@@ -549,6 +522,4 @@ def test_auth_serves_register_login_refresh_and_me_without_importing_sqlalchemy(
             ("/refresh", 200),
             ("/me", 200),
         ]
-    orm = ("sqlalchemy", "shared_layer.models", "shared_layer.database", "shared_layer.idempotency")
-    loaded = [m for m in result["modules"] if any(m == p or m.startswith(p + ".") for p in orm)]
-    assert loaded == []
+    assert served.loaded(ORM) == []

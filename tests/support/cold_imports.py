@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import FUNCTIONS, ROOT
 
@@ -46,9 +47,7 @@ class ColdImports:
     def loaded(self, packages: Iterable[str], *, at_load: bool = False) -> list[str]:
         """The modules of `packages` (each a module and its submodules) that were imported by
         the end of the first request (or, with `at_load`, once the function was loaded)."""
-        modules = self.at_load if at_load else self.after_first
-        wanted = tuple(packages)
-        return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in wanted))
+        return _of_packages(self.at_load if at_load else self.after_first, packages)
 
 
 def first_request_imports(
@@ -67,11 +66,6 @@ def first_request_imports(
     would reach a real service, and with the production batching of API-call metrics: the first
     request queues its metric row, as on a real instance, rather than writing it at once.
     """
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "SECRET_MANAGER", "MONITORING_"))
-    }
     spec = {
         "function": function,
         "source": str(FUNCTIONS / function / "main.py"),
@@ -80,8 +74,32 @@ def first_request_imports(
         "headers": dict(headers or {}),
         "body": body,
     }
+    result = _run_fresh(_PROBE, spec, env=env, cwd=cwd)
+    return ColdImports(
+        status=result["status"],
+        body=result["body"],
+        at_load=frozenset(result["at_load"]),
+        after_first=frozenset(result["after_first"]),
+    )
+
+
+def _of_packages(modules: Iterable[str], packages: Iterable[str]) -> list[str]:
+    wanted = tuple(packages)
+    return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in wanted))
+
+
+def _run_fresh(script: str, spec: Mapping[str, Any], *, env: Mapping[str, str], cwd: Path) -> Any:
+    """Run `script` in a new interpreter with `spec` as its argument; its last line, as JSON.
+
+    The environment is this test's (its settings) with `env` laid over it, minus anything that
+    would reach a real service, and with the production batching of API-call metrics."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "SECRET_MANAGER", "MONITORING_"))
+    }
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps(spec)],
+        [sys.executable, "-c", script, json.dumps(spec)],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -90,12 +108,86 @@ def first_request_imports(
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return ColdImports(
-        status=result["status"],
-        body=result["body"],
-        at_load=frozenset(result["at_load"]),
-        after_first=frozenset(result["after_first"]),
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# What serving through plain SQL (shared_layer/sql.py) never imports.
+ORM = ("sqlalchemy", "shared_layer.models", "shared_layer.database", "shared_layer.idempotency")
+
+# One request after another; "{name}" in a path, a header or a top-level string of the JSON
+# body is a value an earlier answer gave
+# (each step's "save" maps a name to a field of its JSON answer). Then the batched API-call
+# metrics are written, as the idle timer or the exit would.
+_SERVE_IN_TURN = """
+import json, sys
+import functions_framework
+spec = json.loads(sys.argv[1])
+app = functions_framework.create_app(target=spec["function"], source=spec["source"])
+client, saved, answers = app.test_client(), {}, []
+for step in spec["steps"]:
+    fill = lambda value: value.format(**saved) if isinstance(value, str) else value
+    headers = {k: fill(v) for k, v in step["headers"].items()}
+    body = step["json"]
+    if isinstance(body, dict):
+        body = {k: fill(v) for k, v in body.items()}
+    response = client.open(fill(step["path"]), method=step["method"], headers=headers, json=body)
+    answer = response.get_json(silent=True)
+    answers.append([response.status_code, answer])
+    for name, key in step["save"].items():
+        saved[name] = (answer or {}).get(key)
+from shared_layer.monitoring import flush_metrics
+flushed = flush_metrics()
+print(json.dumps({"answers": answers, "flushed": flushed, "modules": sorted(sys.modules)}))
+"""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One request of `serve_in_turn`: `{name}` in `path`, header values and the JSON body's
+    top-level strings is filled from what earlier steps saved; `save` maps a name to a field
+    of this step's JSON answer."""
+
+    method: str
+    path: str
+    json: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    save: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServedInTurn:
+    answers: list[tuple[int, Any]]  # status and JSON body of each step
+    flushed: int  # API-call metric rows written at the end
+    modules: frozenset[str]
+
+    def loaded(self, packages: Iterable[str]) -> list[str]:
+        """The modules of `packages` (each a module and its submodules) that were imported."""
+        return _of_packages(self.modules, packages)
+
+
+def serve_in_turn(
+    function: str, steps: Iterable[Step], *, env: Mapping[str, str], cwd: Path
+) -> ServedInTurn:
+    """Load `function` in a new interpreter, serve `steps` in order, write the metrics."""
+    spec = {
+        "function": function,
+        "source": str(FUNCTIONS / function / "main.py"),
+        "steps": [
+            {
+                "method": s.method,
+                "path": s.path,
+                "json": s.json,
+                "headers": dict(s.headers),
+                "save": dict(s.save),
+            }
+            for s in steps
+        ],
+    }
+    result = _run_fresh(_SERVE_IN_TURN, spec, env=env, cwd=cwd)
+    return ServedInTurn(
+        answers=[(status, answer) for status, answer in result["answers"]],
+        flushed=result["flushed"],
+        modules=frozenset(result["modules"]),
     )
 
 
