@@ -1,12 +1,16 @@
 """Group commit: many threads' work items in one database transaction, one commit for all.
 
 A request thread calls `GroupCommitter.submit(item)` and blocks until the item's outcome is
-durable. A committer thread (started on the first submit, never at import) takes every item
-that is waiting (up to `max_batch`), runs `apply_batch` on them inside one transaction and
-commits; then it releases each waiter with its own result. A transaction per item costs its
-round trips and a WAL flush each; a batch shares them. With `committers` > 1, a second batch
-is applied while the first one waits on the database (they must take their locks in one
-order, so that they wait on each other rather than deadlock).
+durable. There is no committer thread: the submitting thread that finds fewer than
+`committers` batches in flight leads one itself: it takes every item that is waiting (up to
+`max_batch`; its own is among them), runs `apply_batch` on them inside one transaction and
+commits; then it releases each waiter with its own result and hands the lead to the first
+item that arrived meanwhile, whose thread commits the next batch with its own item in it. A
+transaction per item costs its round trips and a WAL flush each; a batch shares them, and
+leading from a request thread saves the two thread wake-ups a dedicated committer costs per
+batch. With `committers` > 1, a second batch is applied while the first one waits on the
+database (they must take their locks in one order, so that they wait on each other rather
+than deadlock).
 
 If a batch's transaction fails, it is rolled back whole and each item is run again in a
 transaction of its own (`apply_batch` with that one item): the item that fails gets its
@@ -14,8 +18,8 @@ exception, the others their results, and nothing of the failed one is stored. A 
 that fails is not run twice. Results are handed out only after the commit, so a waiter that
 answers 2xx never reports work that could still be lost.
 
-`close()` stops taking items, lets the committers finish what is queued, and joins them;
-`submit` after `close` raises. After a fork the child starts committers of its own.
+`close()` stops taking items and waits until what is queued is committed; `submit` after
+`close` raises. After a fork the child starts with no batch in flight and nothing queued.
 """
 
 from __future__ import annotations
@@ -23,11 +27,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from sqlalchemy.orm import Session
 
@@ -54,10 +57,20 @@ class GroupCommitStats:
     fallbacks: int = 0  # batches rolled back and re-run one item per transaction
 
 
-@dataclass
 class _Waiting(Generic[T, R]):
-    item: T
-    future: Future[R]
+    """An item and its thread's wake-up: a lock held from the start, released once, when the
+    item is settled or its thread is to lead `batch` (cheaper than a Future's Condition)."""
+
+    __slots__ = ("batch", "error", "item", "result", "settled", "wake")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.batch: list[_Waiting[T, R]] | None = None
+        self.result: R | None = None
+        self.error: BaseException | None = None
+        self.settled = False
 
 
 class GroupCommitter(Generic[T, R]):
@@ -66,7 +79,7 @@ class GroupCommitter(Generic[T, R]):
     `transaction()` opens one transaction (commit on normal exit, rollback on an exception,
     as `shared_layer.database.session_scope` does); `apply_batch(session, items)` does the
     items' work in it and returns one result per item, in order. `after_commit(items,
-    results)`, if given, runs in the committer once the waiters of committed items are
+    results)`, if given, runs in the leading thread once the waiters of committed items are
     released (a fallback reports each item that succeeded): for what must only happen once
     the results are durable and need not delay the answers, a log line, say.
     """
@@ -91,20 +104,20 @@ class GroupCommitter(Generic[T, R]):
         self._name = name
         self._cond = threading.Condition()
         self._queue: list[_Waiting[T, R]] = []
-        self._threads: list[threading.Thread] = []
         self._pid = os.getpid()
         self._closed = False
+        self._leading = 0  # batches in flight
         self._running = 0
-        self._stats = GroupCommitStats()
+        self._counts = [0, 0, 0, 0, 0]  # GroupCommitStats' fields, in order
 
     @property
     def stats(self) -> GroupCommitStats:
         with self._cond:
-            return self._stats
+            return GroupCommitStats(*self._counts)
 
     @property
     def pending(self) -> int:
-        """Items waiting for a committer."""
+        """Items waiting for a batch."""
         with self._cond:
             return len(self._queue)
 
@@ -116,24 +129,31 @@ class GroupCommitter(Generic[T, R]):
 
     def submit(self, item: T) -> R:
         """Run `item` in the next batch; its result once committed, or its exception."""
-        future: Future[R] = Future()
+        waiting: _Waiting[T, R] = _Waiting(item)
         with self._cond:
             if self._closed:
                 raise CommitterClosed(f"{self._name} is closed")
-            self._ensure_threads()
-            self._queue.append(_Waiting(item, future))
-            self._cond.notify()
-        return future.result()
+            if self._pid != os.getpid():  # a forked child: the parent's batches are not here
+                self._pid, self._queue, self._leading, self._running = os.getpid(), [], 0, 0
+            if self._leading < self._committers:  # then nothing waits: lead a batch of one
+                self._leading += 1
+                self._running += 1
+                waiting.batch = [waiting]
+            else:
+                self._queue.append(waiting)
+        if waiting.batch is None:
+            waiting.wake.acquire()  # settled, or handed the lead
+        if waiting.batch is not None:
+            self._lead(waiting.batch)
+        if waiting.error is not None:
+            raise waiting.error
+        return cast(R, waiting.result)
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Refuse new items, finish the queued ones, and stop the committer threads."""
+        """Refuse new items and wait until the queued ones are committed."""
         with self._cond:
             self._closed = True
-            threads = list(self._threads)
-            self._cond.notify_all()
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout)
+            self._cond.wait_for(lambda: not self._queue and not self._leading, timeout)
         stats = self.stats
         logger.info(
             "%s closed: %d items in %d transactions (%d of several items, the largest %d), "
@@ -147,39 +167,27 @@ class GroupCommitter(Generic[T, R]):
             extra={"group_commit": asdict(stats)},
         )
 
-    def _ensure_threads(self) -> None:
-        """Start the committers on first use (called under the lock); again after a fork."""
-        if self._pid != os.getpid():  # a forked child: the parent's threads are not here
-            self._pid, self._threads, self._queue = os.getpid(), [], []
-        self._threads = [t for t in self._threads if t.is_alive()]
-        while len(self._threads) < self._committers:
-            thread = threading.Thread(
-                target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
-
-    def _run(self) -> None:
-        for batch in self._batches():
-            try:
-                self._commit(batch)
-            except BaseException as exc:  # never leave a waiter hanging
-                for waiting in batch:
-                    if not waiting.future.done():
-                        waiting.future.set_exception(exc)
-                raise
-
-    def _batches(self) -> Iterator[list[_Waiting[T, R]]]:
-        while True:
+    def _lead(self, batch: list[_Waiting[T, R]]) -> None:
+        """Commit `batch`, settle its items, then hand the lead on (or give it up)."""
+        try:
+            self._commit(batch)
+        except BaseException as exc:  # never leave a waiter hanging
+            unsettled = [w for w in batch if not w.settled]
+            self._settle(unsettled, [exc] * len(unsettled))
+            raise
+        finally:
             with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:  # closed and drained
-                    return
-                batch = self._queue[: self._max_batch]
+                nxt = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
-                self._running += len(batch)
-            yield batch
+                if nxt:
+                    self._running += len(nxt)
+                    nxt[0].batch = nxt
+                else:
+                    self._leading -= 1
+                    if self._closed:
+                        self._cond.notify_all()
+            if nxt:
+                nxt[0].wake.release()
 
     def _commit(self, batch: list[_Waiting[T, R]]) -> None:
         try:
@@ -194,7 +202,7 @@ class GroupCommitter(Generic[T, R]):
                 len(batch),
                 type(exc).__name__,
             )
-            outcomes: list[R | Exception] = []
+            outcomes: list[R | BaseException] = []
             for waiting in batch:
                 try:
                     outcomes.extend(self._run_in_transaction([waiting.item]))
@@ -211,11 +219,11 @@ class GroupCommitter(Generic[T, R]):
                 raise RuntimeError(f"apply_batch gave {len(results)} results for {len(items)}")
         return results
 
-    def _report(self, items: Sequence[T], outcomes: Sequence[R | Exception]) -> None:
+    def _report(self, items: Sequence[T], outcomes: Sequence[R | BaseException]) -> None:
         if self._after_commit is None:
             return
         committed = [
-            (i, o) for i, o in zip(items, outcomes, strict=True) if not isinstance(o, Exception)
+            (i, o) for i, o in zip(items, outcomes, strict=True) if not isinstance(o, BaseException)
         ]
         if not committed:
             return
@@ -227,24 +235,25 @@ class GroupCommitter(Generic[T, R]):
     def _settle(
         self,
         batch: list[_Waiting[T, R]],
-        outcomes: Sequence[R | Exception],
+        outcomes: Sequence[R | BaseException],
         *,
         committed: bool = False,
         fallback: bool = False,
     ) -> None:
+        size = len(batch)
         with self._cond:
-            self._running -= len(batch)
-            s = self._stats
-            self._stats = GroupCommitStats(
-                items=s.items + len(batch),
-                transactions=s.transactions + committed,
-                batched=s.batched + (committed and len(batch) > 1),
-                largest_batch=max(s.largest_batch, len(batch) if committed else 0),
-                fallbacks=s.fallbacks + fallback,
-            )
+            self._running -= size
+            c = self._counts
+            c[0] += size
+            c[1] += committed
+            c[2] += committed and size > 1
+            c[3] = max(c[3], size if committed else 0)
+            c[4] += fallback
         for waiting, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                waiting.future.set_exception(outcome)
+            if isinstance(outcome, BaseException):
+                waiting.error = outcome
             else:
-                waiting.future.set_result(outcome)
+                waiting.result = outcome
+            waiting.batch, waiting.settled = None, True
+            waiting.wake.release()  # held: by its creation, or by the thread that leads
         self._report([w.item for w in batch], outcomes)

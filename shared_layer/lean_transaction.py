@@ -18,8 +18,9 @@ one connection of its own in autocommit mode and spends as few as the server all
   replaced, as the pool's recycle would.
 
 A transaction whose statements are `insert_new_and_lock` and `update_rows` costs two round
-trips. On SQLite it is `session_scope()`. Each thread that opens transactions (a group
-committer's) gets a connection of its own; it follows the engine when settings rebuild it.
+trips. On SQLite it is `session_scope()`. Connections are kept for reuse, one per transaction
+in flight (a group committer's batches in flight, whichever request thread leads them), and
+follow the engine when settings rebuild it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
@@ -43,14 +45,14 @@ _BEGIN_PENDING = "stratus.begin_pending"
 
 
 class LeanTransactions:
-    """`with lean() as session:` one transaction on the calling thread's own connection
-    (see the module); `close()` closes every thread's."""
+    """`with lean() as session:` one transaction on a connection of its own (see the
+    module); `close()` closes them all."""
 
     def __init__(self, *, ping_after_idle: float = 10.0, recycle_after: float = 1800.0) -> None:
         self._ping_after_idle = ping_after_idle
         self._recycle_after = recycle_after
-        self._local = threading.local()
         self._lock = threading.Lock()
+        self._idle: list[_Held] = []  # connections no transaction is using, last used last
         self._open: list[Connection] = []
 
     @contextmanager
@@ -60,7 +62,8 @@ class LeanTransactions:
             with session_scope() as session:
                 yield session
             return
-        conn = self._connection(engine)
+        held = self._checkout(engine)
+        conn = held.conn
         info = conn.info  # the DBAPI connection's: read it while the connection is valid
         info[_BEGIN_PENDING] = True
         info[DEFERRED_WRITES] = []
@@ -80,39 +83,52 @@ class LeanTransactions:
             # Gone, so that no other user of this DBAPI connection defers its writes.
             info.pop(DEFERRED_WRITES, None)
             info.pop(_BEGIN_PENDING, None)
+            held.used = time.monotonic()
+            with self._lock:
+                self._idle.append(held)
 
     def close(self) -> None:
         with self._lock:
-            conns, self._open = self._open, []
+            conns, self._open, self._idle = self._open, [], []
         for conn in conns:
             with suppress(Exception):  # an engine disposed under it: nothing left to free
                 conn.close()
 
-    def _connection(self, engine: Engine) -> Connection:
-        """This thread's connection to `engine`: made on first use, again after the engine
-        was rebuilt, the connection broke or grew old, or the process forked."""
-        local = self._local
+    def _checkout(self, engine: Engine) -> _Held:
+        """An idle connection to `engine`, else a new one: one per transaction in flight (a
+        group committer's batches in flight), whichever thread runs it. Replaced when the
+        engine was rebuilt, the connection broke or grew old, or the process forked."""
         now = time.monotonic()
-        conn: Connection | None = getattr(local, "conn", None)
-        if conn is not None and (
-            local.engine is not engine
-            or conn.invalidated
-            or local.pid != os.getpid()
-            or now - local.opened > self._recycle_after
-            or (now - local.used > self._ping_after_idle and not _alive(conn))
+        pid = os.getpid()
+        with self._lock:
+            held = self._idle.pop() if self._idle else None
+        if held is not None and (
+            held.engine is not engine
+            or held.conn.invalidated
+            or held.pid != pid
+            or now - held.opened > self._recycle_after
+            or (now - held.used > self._ping_after_idle and not _alive(held.conn))
         ):
-            if local.pid == os.getpid():
+            if held.pid == pid:
                 with suppress(Exception):
-                    conn.close()
-            conn = None
-        if conn is None:
+                    held.conn.close()
+            held = None
+        if held is None:
             conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             event.listen(conn, "before_cursor_execute", _begin_first, retval=True)
-            local.conn, local.engine, local.pid, local.opened = conn, engine, os.getpid(), now
+            held = _Held(conn, engine, pid, now, now)
             with self._lock:
                 self._open = [c for c in self._open if not c.closed] + [conn]
-        local.used = now
-        return conn
+        return held
+
+
+@dataclass
+class _Held:
+    conn: Connection
+    engine: Engine
+    pid: int
+    opened: float
+    used: float
 
 
 def _abandon(session: Session, conn: Connection) -> None:

@@ -68,15 +68,21 @@ def submit_all(gc: GroupCommitter[str, str], items: list[str]) -> list[Future[st
     return futures
 
 
-def test_no_thread_runs_before_the_first_item_and_none_after_close(db):
-    gc = committer(Store())
-    assert not [t for t in threading.enumerate() if t.name.startswith("test-gc")]
+def test_the_submitting_thread_commits_its_own_batch_and_no_thread_is_started(db):
+    threads = set(threading.enumerate())
+    applied_in: list[threading.Thread] = []
+
+    def apply(session: Session, items: Sequence[str]) -> list[str]:
+        applied_in.append(threading.current_thread())
+        return Store()(session, items)
+
+    gc = GroupCommitter(transaction=session_scope, apply_batch=apply, name="test-gc")
 
     assert gc.submit("a") == "A"
-    assert [t for t in threading.enumerate() if t.name.startswith("test-gc")]
-
+    assert applied_in == [threading.current_thread()]  # no hand-off to another thread
+    assert set(threading.enumerate()) == threads
     gc.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("test-gc")]
+    assert set(threading.enumerate()) == threads
 
 
 def test_items_waiting_together_are_committed_in_one_transaction(db):
