@@ -88,8 +88,9 @@ class Batch(NamedTuple):
 def one_batch(db: Engine) -> Iterator[Any]:
     """`one_batch(customer, events)`: deliver the events so that they wait together for the
     committer: first one event per committer thread (for subscriptions of `customer`) while
-    the database's write lock is held, so each thread blocks on it; then the events, which
-    queue; then the lock is released."""
+    the database's write lock is held, so each thread blocks on it; then the events, one at a
+    time so that they queue in the order given (they arrive in that order); then the lock is
+    released."""
     pool = ThreadPoolExecutor(max_workers=16)
 
     def deliver(customer: str, events: list[dict[str, Any]]) -> Batch:
@@ -104,8 +105,9 @@ def one_batch(db: Engine) -> Iterator[Any]:
             for n, blocker in enumerate(blockers, 1):
                 futures.append(pool.submit(post, blocker))
                 wait_until(lambda n=n: gc.running == n, f"{n} committers are held")
-            futures += [pool.submit(post, evt) for evt in events]
-            wait_until(lambda: gc.pending == len(events), "the events wait together")
+            for k, evt in enumerate(events, 1):  # one at a time: they queue in this order
+                futures.append(pool.submit(post, evt))
+                wait_until(lambda k=k: gc.pending == k, f"{k} events wait together")
         results = [f.result(30) for f in futures]
         assert [status for status, _ in results[: len(blockers)]] == [200] * len(blockers)
         after = gc.stats
