@@ -1,12 +1,12 @@
 """Floors for bench/webhooks.py: how fast a Stripe webhook could possibly be on this stack.
 
 `verify_only` does what stripe_webhook does before the database (the Router, the signature
-check, JSON and the event model) and answers; `verify_and_insert` adds one transaction with
-one INSERT of the event; `verify_and_batched_insert` hands the event to a group committer as
-stripe_webhook does (one committer thread, lean transactions) that only INSERTs the waiting
-events, in one statement, and commits. Measured with `bench/webhooks.py --floors`, they show
-how much of the gap to hello-world is the HTTP adapter, how much a transaction per event, and
-how much is left once transactions are shared (what applying the events costs on top).
+check, JSON and the event model) and answers; `verify_and_insert` adds one transaction with one
+INSERT of the event; `verify_and_batched_insert` hands the event to a group committer as
+stripe_webhook does (batches led by a request thread, lean transactions) that only INSERTs the
+waiting events, in one statement, and commits. Measured with `bench/webhooks.py --floors`, they
+show how much of the gap to hello-world is the HTTP adapter, how much a transaction per event,
+and how much is left once transactions are shared (what applying the events costs on top).
 """
 
 from __future__ import annotations
