@@ -135,14 +135,18 @@ class GroupCommitter(Generic[T, R]):
                 raise CommitterClosed(f"{self._name} is closed")
             if self._pid != os.getpid():  # a forked child: the parent's batches are not here
                 self._pid, self._queue, self._leading, self._running = os.getpid(), [], 0, 0
-            if self._leading < self._committers:  # then nothing waits: lead a batch of one
+            queued = self._leading >= self._committers
+            if queued:
+                self._queue.append(waiting)
+            else:  # then nothing waits: lead a batch of one
                 self._leading += 1
                 self._running += 1
                 waiting.batch = [waiting]
-            else:
-                self._queue.append(waiting)
-        if waiting.batch is None:
-            waiting.wake.acquire()  # settled, or handed the lead
+        if queued:
+            # Settled, or handed the lead. Always wait on the lock, even if the lead was handed
+            # over before this line (the batch already set): its one release must be consumed
+            # here, or settling this item would release an unlocked lock.
+            waiting.wake.acquire()
         if waiting.batch is not None:
             self._lead(waiting.batch)
         if waiting.error is not None:
