@@ -23,7 +23,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -182,11 +182,6 @@ class Db:
         columns = ", ".join(values)
         placeholders = ", ".join(f":{name}" for name in values)
         self.execute(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", values)  # noqa: S608 - names are ours
-
-    def in_list(self, name: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
-        """`(:name_0, :name_1, …)` and its parameters, for `column IN (…)`."""
-        params = {f"{name}_{i}": value for i, value in enumerate(values)}
-        return "(" + ", ".join(f":{key}" for key in params) + ")", params
 
 
 def _is_unique_violation(exc: Exception) -> bool:

@@ -156,16 +156,6 @@ def test_percent_signs_and_casts_are_not_parameters(db: Engine) -> None:
             assert sql.scalar("SELECT CAST(:n AS integer)::text AS t", {"n": 7}) == "7"
 
 
-def test_in_list_binds_each_value(db: Engine) -> None:
-    rows = [_user_row() for _ in range(3)]
-    with transaction() as sql:
-        for row in rows:
-            sql.insert("users", row)
-        clause, params = sql.in_list("id", [rows[0]["id"], rows[2]["id"]])
-        found = sql.all(f"SELECT email FROM users WHERE id IN {clause}", params)
-    assert sorted(r["email"] for r in found) == sorted([rows[0]["email"], rows[2]["email"]])
-
-
 def test_of_session_runs_inside_the_sessions_transaction(db: Engine) -> None:
     row = _user_row()
     with Session(db) as session:

@@ -50,6 +50,19 @@ def _event(req: ApiRequest) -> tuple[StripeEventIn, dict[str, object]]:
     return StripeEventIn.model_validate(payload), payload
 
 
+def _row(event: StripeEventIn, payload: dict[str, Any]) -> dict[str, Any]:
+    """The `stripe_events` row the floors store (outcome `ignored`: nothing is applied)."""
+    return {
+        "id": event.id,
+        "type": event.type,
+        "created": utcnow(),
+        "livemode": event.livemode,
+        "outcome": "ignored",
+        "payload": payload,
+        "received_at": utcnow(),
+    }
+
+
 @only.route("POST", "/")
 def verify(req: ApiRequest) -> StripeWebhookReceipt:
     event, _ = _event(req)
@@ -59,15 +72,7 @@ def verify(req: ApiRequest) -> StripeWebhookReceipt:
 @insert.route("POST", "/")
 def verify_and_store(req: ApiRequest) -> StripeWebhookReceipt:
     event, payload = _event(req)
-    row = {
-        "id": event.id,
-        "type": event.type,
-        "created": utcnow(),
-        "livemode": event.livemode,
-        "outcome": "ignored",
-        "payload": payload,
-        "received_at": utcnow(),
-    }
+    row = _row(event, payload)
     with session_scope() as session:
         new = insert_new(session, StripeEvent, [row], key="id")
     return StripeWebhookReceipt(event_id=event.id, duplicate=not new, outcome="ignored")
@@ -93,15 +98,7 @@ def _batch_committer() -> GroupCommitter[dict[str, Any], bool]:
 @batched.route("POST", "/")
 def verify_and_store_batched(req: ApiRequest) -> StripeWebhookReceipt:
     event, payload = _event(req)
-    row = {
-        "id": event.id,
-        "type": event.type,
-        "created": utcnow(),
-        "livemode": event.livemode,
-        "outcome": "ignored",
-        "payload": payload,
-        "received_at": utcnow(),
-    }
+    row = _row(event, payload)
     new = _batch_committer().submit(row)
     return StripeWebhookReceipt(event_id=event.id, duplicate=not new, outcome="ignored")
 

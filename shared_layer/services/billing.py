@@ -142,12 +142,8 @@ def plan_in_effect(db: Db, *, user_id: uuid.UUID, now: datetime | None = None) -
 
 def lock_user(db: Db, *, user_id: uuid.UUID) -> UserRecord:
     """The active user, locked until the transaction ends: per-user checks that must not race
-    (quotas, one customer) run under it. PostgreSQL locks the row (`FOR UPDATE`); SQLite has
-    no row locks, so a no-op write makes the transaction the database's one writer (already
-    so in a `transaction()`, which begins IMMEDIATE; not in an ORM session's, `Db.of_session`).
-    Lock first: a SQLite transaction that has read cannot always become the writer."""
-    if db.dialect == "sqlite":
-        db.execute("UPDATE users SET is_active = is_active WHERE id = :id", {"id": user_id})
+    (quotas, one customer) run under it. PostgreSQL locks the row (`FOR UPDATE`); on SQLite a
+    `transaction()` already holds the database's one write lock from its start (IMMEDIATE)."""
     row = db.one(
         f"SELECT {USER_COLUMNS} FROM users WHERE id = :id{db.for_update}",  # noqa: S608
         {"id": user_id},
