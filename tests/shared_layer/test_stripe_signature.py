@@ -106,3 +106,42 @@ def test_a_body_that_is_not_utf8_is_refused():
 
     with pytest.raises(InvalidSignature, match="UTF-8"):
         verify("t=1,v1=00", payload=body)
+
+
+def test_a_signature_with_characters_beyond_ascii_is_refused_not_crashed():
+    with pytest.raises(InvalidSignature, match="matching"):
+        verify(f"t={int(time.time())},v1=caf\u00e9")
+
+
+@pytest.mark.parametrize(
+    "header_for",
+    [
+        lambda now: stripe_signature(PAYLOAD, SECRET, timestamp=now),
+        lambda now: stripe_signature(PAYLOAD, "whsec_other", timestamp=now),
+        lambda now: stripe_signature(PAYLOAD, SECRET, timestamp=now, scheme="v0"),
+        lambda now: stripe_signature(PAYLOAD, SECRET, timestamp=now, extra_v1=("0" * 64,)),
+        lambda now: stripe_signature(PAYLOAD, SECRET, timestamp=now - TOLERANCE - 1),
+        lambda now: stripe_signature(PAYLOAD + b" ", SECRET, timestamp=now),
+        lambda now: f"v1=abc,t={now}",
+        lambda now: "t=x,v1=abc",
+    ],
+)
+def test_verdicts_agree_with_stripe_pythons_own_check(header_for):
+    """Our check follows Stripe's documented scheme by hand; for every header stripe-python
+    judges, it must judge alike (and it also refuses future timestamps, which stripe does not
+    test: none here is from the future)."""
+    from stripe import SignatureVerificationError, WebhookSignature
+
+    header = header_for(int(time.time()))
+    try:
+        WebhookSignature.verify_header(PAYLOAD.decode(), header, SECRET, TOLERANCE)
+        stripe_accepts = True
+    except SignatureVerificationError:
+        stripe_accepts = False
+    try:
+        verify(header)
+        we_accept = True
+    except InvalidSignature:
+        we_accept = False
+
+    assert we_accept == stripe_accepts
