@@ -17,8 +17,6 @@ statements.
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -26,6 +24,8 @@ from typing import Any
 
 from sqlalchemy import Dialect, Table, bindparam, select, update
 from sqlalchemy.orm import Session
+
+from shared_layer.sql import json_literal
 
 __all__ = ["DEFERRED_WRITES", "Lock", "Row", "insert_new_and_lock", "update_rows"]
 
@@ -61,8 +61,8 @@ def insert_new_and_lock(
         columns = tuple(ordered[0]) if ordered else (key,)
         shape = tuple((t, cols) for t, _, cols in sorted_locks)
         sql = _pg_insert_and_lock_sql(table, columns, key, shape, conn.dialect).format(
-            rows=_literal(ordered),
-            **{f"keys{n}": _literal(k) for n, (_, k, _) in enumerate(sorted_locks)},
+            rows=json_literal(ordered),
+            **{f"keys{n}": json_literal(k) for n, (_, k, _) in enumerate(sorted_locks)},
         )
         inserted: set[Any] = set()
         found: list[dict[Any, Row]] = [{} for _ in sorted_locks]
@@ -96,7 +96,7 @@ def update_rows(session: Session, writes: Sequence[tuple[Table, Sequence[Row]]])
     if conn.dialect.name == "postgresql":
         shape = tuple((t, tuple(rows[0])) for t, rows in ordered)
         sql = _pg_update_sql(shape, conn.dialect).format(
-            **{f"rows{n}": _literal(rows) for n, (_, rows) in enumerate(ordered)}
+            **{f"rows{n}": json_literal(rows) for n, (_, rows) in enumerate(ordered)}
         )
         deferred = conn.info.get(DEFERRED_WRITES)
         if deferred is not None:
@@ -126,24 +126,6 @@ def _sqlite_insert(table: Table) -> Any:
 
 
 # PostgreSQL: one statement, the rows inline as JSON
-
-
-def _literal(values: Sequence[Any]) -> str:
-    """`values` as a PostgreSQL string literal of JSON, safe to put in a statement's text:
-    json.dumps leaves only ASCII, and the E'' string doubles each backslash and quote, so
-    it means the same whatever `standard_conforming_strings` is."""
-    text = json.dumps(list(values), default=_json_value, separators=(",", ":"))
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"cannot send a {type(value).__name__} as a column value")
 
 
 def _from_json(table: Table, row: Mapping[str, Any]) -> Row:

@@ -12,8 +12,11 @@ written here and there are indistinguishable; tests/test_sql.py holds the two to
     with transaction() as db:
         row = db.one("SELECT id, email FROM users WHERE email = :email", {"email": email})
 
-Parameters are named (`:name`) on both backends. `Db.of_session(session)` runs the same SQL
-inside an ORM session's transaction, for code that already holds one (task_runner).
+Parameters are named (`:name`) on both backends. A statement without parameters is sent as it
+is: on PostgreSQL that is pg8000's one-round-trip simple query, which is why batches of rows
+travel inline as one JSON literal (`json_literal`) rather than as parameters (three round trips
+and a Python scan of the statement). `Db.of_session(session)` runs the same SQL inside an ORM
+session's transaction, for code that already holds one (task_runner).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -43,6 +46,7 @@ __all__ = [
     "as_json",
     "as_uuid",
     "driver_errors",
+    "json_literal",
     "reset_pool",
     "transaction",
 ]
@@ -84,6 +88,25 @@ def as_datetime(value: Any) -> datetime:
 def as_json(value: Any) -> Any:
     """A JSON column's value: pg8000 parses it; SQLite returns the text."""
     return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def json_literal(values: Sequence[Any]) -> str:
+    """`values` as a PostgreSQL string literal of JSON, safe to put in a statement's text:
+    json.dumps leaves only ASCII, and the E'' string doubles each backslash and quote, so it
+    means the same whatever `standard_conforming_strings` is. Datetimes (aware only) go as
+    ISO 8601, UUIDs as text: read back by `json_populate_recordset` into the columns' types."""
+    text = json.dumps(list(values), default=_json_value, separators=(",", ":"))
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot send a {type(value).__name__} as a column value")
 
 
 @lru_cache(maxsize=512)
@@ -142,7 +165,9 @@ class Db:
         cursor = self.connection.cursor()
         values = {name: self.bind(value) for name, value in (params or {}).items()}
         try:
-            if self.dialect == "postgresql":
+            if not values:  # as written: no placeholders to convert, no `%` to double
+                cursor.execute(sql)
+            elif self.dialect == "postgresql":
                 statement, names = _to_format(sql)
                 cursor.execute(statement, tuple(values[name] for name in names))
             else:

@@ -10,7 +10,16 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from shared_layer.models import Agent, TaskStep, User
-from shared_layer.sql import Db, Json, UniqueViolation, as_datetime, as_json, as_uuid, transaction
+from shared_layer.sql import (
+    Db,
+    Json,
+    UniqueViolation,
+    as_datetime,
+    as_json,
+    as_uuid,
+    json_literal,
+    transaction,
+)
 
 
 def _user_row(**overrides: object) -> dict[str, object]:
@@ -154,6 +163,25 @@ def test_percent_signs_and_casts_are_not_parameters(db: Engine) -> None:
         assert name == "100%"
         if sql.dialect == "postgresql":
             assert sql.scalar("SELECT CAST(:n AS integer)::text AS t", {"n": 7}) == "7"
+
+
+def test_rows_sent_inline_as_a_json_literal_read_back_unchanged(pg: Engine) -> None:
+    """The statement's text carries the values: quotes, backslashes, a `%`, a `:name`, what
+    looks like the literal's own end, and text beyond ASCII must all arrive as they were."""
+    awkward = ["it's", "back\\slash \\' E'", "100% :name %s", "'; DROP TABLE users; --", "café ✓"]
+    rows = [
+        {"execution_id": text, "route": text, "user_id": uuid.uuid4(), "created_at": at}
+        for text, at in zip(awkward, [datetime(2026, 1, 2, 3, 4, 5, 6, UTC)] * 5, strict=True)
+    ]
+    with transaction() as sql:
+        back = sql.all(
+            "SELECT execution_id, route, user_id, created_at FROM json_populate_recordset("
+            f"NULL::api_call_metrics, CAST({json_literal(rows)} AS json))"
+        )
+    assert [
+        (r["execution_id"], r["route"], as_uuid(r["user_id"]), as_datetime(r["created_at"]))
+        for r in back
+    ] == [(r["execution_id"], r["route"], r["user_id"], r["created_at"]) for r in rows]
 
 
 def test_of_session_runs_inside_the_sessions_transaction(db: Engine) -> None:

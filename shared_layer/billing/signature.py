@@ -61,9 +61,8 @@ def verify_stripe_signature(
     timestamp, signatures = _parse(header)
     if not signatures:
         raise InvalidSignature("Stripe-Signature has no v1 signature")
-    expected = hmac.new(
-        secret.encode("utf-8"), str(timestamp).encode() + b"." + payload, hashlib.sha256
-    ).hexdigest().encode()
+    signed = str(timestamp).encode() + b"." + payload
+    expected = hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest().encode()
     # as bytes: compare_digest refuses str with non-ASCII characters, which a header can hold
     if not any(hmac.compare_digest(expected, v.encode("utf-8", "replace")) for v in signatures):
         raise InvalidSignature("Stripe-Signature has no v1 signature matching the body")
