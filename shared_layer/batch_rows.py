@@ -11,8 +11,9 @@ On PostgreSQL each call is one statement however many rows and tables it covers,
 bind parameters: the rows travel inline as one escaped JSON literal read by
 `json_populate_recordset`. That is what pg8000 makes cheap: a statement with parameters costs
 three round trips (parse, describe, bind and execute) and a Python scan of its text, one
-without costs one. On SQLite (one writer at a time, no locks to take) these are plain
-statements.
+without costs one. They go straight to pg8000's cursor, past SQLAlchemy's statement and
+result bookkeeping, which cost as much Python as the rest of a batch's SQL. On SQLite (one
+writer at a time, no locks to take) these are plain statements.
 """
 
 from __future__ import annotations
@@ -22,16 +23,27 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Dialect, Table, bindparam, select, update
+from sqlalchemy import Connection, Dialect, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from shared_layer.sql import json_literal
 
-__all__ = ["DEFERRED_WRITES", "Lock", "Row", "insert_new_and_lock", "update_rows"]
+__all__ = [
+    "DEFERRED_WRITES",
+    "PENDING_PREFIX",
+    "Lock",
+    "Row",
+    "insert_new_and_lock",
+    "simple_query",
+    "update_rows",
+]
 
 # A list under this key in Connection.info: update_rows appends its statement there instead
 # of sending it, for the transaction to send with its COMMIT (lean_transaction).
 DEFERRED_WRITES = "stratus.deferred_writes"
+# A str under this key in Connection.info goes in front of the next statement sent, and is
+# gone once sent (lean_transaction's `BEGIN; `).
+PENDING_PREFIX = "stratus.pending_prefix"
 
 Row = dict[str, Any]
 Lock = tuple[Table, Collection[str], tuple[str, ...]]  # table, string keys, columns to read
@@ -66,7 +78,7 @@ def insert_new_and_lock(
         )
         inserted: set[Any] = set()
         found: list[dict[Any, Row]] = [{} for _ in sorted_locks]
-        for kind, row in conn.exec_driver_sql(sql):
+        for kind, row in simple_query(conn, sql):
             if kind < 0:
                 inserted.add(row[key])
             else:
@@ -102,7 +114,7 @@ def update_rows(session: Session, writes: Sequence[tuple[Table, Sequence[Row]]])
         if deferred is not None:
             deferred.append(sql)
         else:
-            conn.exec_driver_sql(sql)
+            simple_query(conn, sql)
         return
     for t, rows in ordered:
         pk = _primary_key(t)
@@ -112,6 +124,21 @@ def update_rows(session: Session, writes: Sequence[tuple[Table, Sequence[Row]]])
             .values({name: bindparam("b_" + name) for name in rows[0] if name != pk})
         )
         conn.execute(statement, [{"b_" + name: value for name, value in r.items()} for r in rows])
+
+
+def simple_query(conn: Connection, sql: str) -> list[tuple[Any, ...]]:
+    """Send `sql` (PostgreSQL, no parameters) on the connection's pg8000 cursor as one simple
+    query, after any `PENDING_PREFIX`; the rows of its last statement. In an ORM session's
+    transaction pg8000 opens the transaction itself, as it does for SQLAlchemy."""
+    prefix = conn.info.pop(PENDING_PREFIX, "")
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None  # a Connection in use holds one
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(prefix + sql)
+        return list(cursor.fetchall()) if cursor.description else []
+    finally:
+        cursor.close()
 
 
 def _primary_key(table: Table) -> str:

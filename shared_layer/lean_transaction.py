@@ -36,12 +36,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session
 
-from shared_layer.batch_rows import DEFERRED_WRITES
+from shared_layer.batch_rows import DEFERRED_WRITES, PENDING_PREFIX, simple_query
 from shared_layer.database import get_engine, session_scope
 
 __all__ = ["LeanTransactions"]
-
-_BEGIN_PENDING = "stratus.begin_pending"
 
 
 class LeanTransactions:
@@ -65,15 +63,15 @@ class LeanTransactions:
         held = self._checkout(engine)
         conn = held.conn
         info = conn.info  # the DBAPI connection's: read it while the connection is valid
-        info[_BEGIN_PENDING] = True
+        info[PENDING_PREFIX] = "BEGIN; "
         info[DEFERRED_WRITES] = []
         session = Session(bind=conn, expire_on_commit=False)
         try:
             yield session
             session.flush()
             deferred = info[DEFERRED_WRITES]
-            if deferred or not info[_BEGIN_PENDING]:  # (BEGIN goes in front if pending)
-                conn.exec_driver_sql("; ".join([*deferred, "COMMIT"]))
+            if deferred or PENDING_PREFIX not in info:  # (BEGIN goes in front if pending)
+                simple_query(conn, "; ".join([*deferred, "COMMIT"]))
         except BaseException:
             _abandon(session, conn)
             raise
@@ -82,7 +80,7 @@ class LeanTransactions:
         finally:
             # Gone, so that no other user of this DBAPI connection defers its writes.
             info.pop(DEFERRED_WRITES, None)
-            info.pop(_BEGIN_PENDING, None)
+            info.pop(PENDING_PREFIX, None)
             held.used = time.monotonic()
             with self._lock:
                 self._idle.append(held)
@@ -157,12 +155,13 @@ def _alive(conn: Connection) -> bool:
 def _begin_first(
     conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
 ) -> tuple[str, Any]:
-    """Open the transaction with its first statement: in the same query when it has no
-    parameters, else just before it."""
-    if not conn.info.get(_BEGIN_PENDING):
+    """Open the transaction with the first statement SQLAlchemy sends (batch_rows sends its
+    own through `simple_query`): in the same query when it has no parameters, else just
+    before it."""
+    prefix = conn.info.pop(PENDING_PREFIX, None)
+    if prefix is None:
         return statement, parameters
-    conn.info[_BEGIN_PENDING] = False
     if not parameters:
-        return "BEGIN; " + statement, parameters
-    cursor.execute("BEGIN")
+        return prefix + statement, parameters
+    cursor.execute(prefix)
     return statement, parameters
