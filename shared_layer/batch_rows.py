@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from shared_layer.sql import json_literal
+from shared_layer.sql import JsonText, json_literal
 
 __all__ = [
     "DEFERRED_WRITES",
@@ -58,7 +58,7 @@ def insert_new_and_lock(
     locks: Sequence[Lock] = (),
 ) -> tuple[set[Any], list[dict[Any, Row]]]:
     """Insert the rows whose `key` is not stored yet (the first of repeated keys), then lock
-    and read the stored rows each `Lock` names.
+    and read the stored rows each `Lock` names. A JSON column's value may be `JsonText`.
 
     The keys inserted, and per lock the rows found (by primary key; the lock's `columns`, the
     key among them). The rows of `table` all name the same columns.
@@ -88,7 +88,10 @@ def insert_new_and_lock(
     inserted = set()
     if ordered:
         statement = _sqlite_insert(table).on_conflict_do_nothing(index_elements=[key])
-        inserted = set(conn.execute(statement.returning(table.c[key]), ordered).scalars())
+        values = [
+            {k: v.parsed() if isinstance(v, JsonText) else v for k, v in r.items()} for r in ordered
+        ]
+        inserted = set(conn.execute(statement.returning(table.c[key]), values).scalars())
     found = []
     for t, keys, columns in sorted_locks:
         pk = t.c[_primary_key(t)]

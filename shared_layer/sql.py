@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Db",
     "Json",
+    "JsonText",
     "Row",
     "UniqueViolation",
     "as_datetime",
@@ -74,6 +75,22 @@ class Json:
         self.value = value
 
 
+class JsonText:
+    """Text already known to be one JSON value (a verified webhook body): `json_literal` puts
+    it in as it is rather than encoding the parsed value again; `parsed()` where a driver
+    needs the value."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        if "\x00" in text:  # valid JSON never holds a raw NUL; nor can a statement's text
+            raise ValueError("JSON text with a NUL character")
+        self.text = text
+
+    def parsed(self) -> Any:
+        return json.loads(self.text)
+
+
 def as_uuid(value: Any) -> uuid.UUID:
     """A UUID column's value: pg8000 gives `UUID`, SQLite the 32-digit hex SQLAlchemy wrote."""
     return value if isinstance(value, uuid.UUID) else uuid.UUID(hex=value)
@@ -91,12 +108,28 @@ def as_json(value: Any) -> Any:
 
 
 def json_literal(values: Sequence[Any]) -> str:
-    """`values` as a PostgreSQL string literal of JSON, safe to put in a statement's text:
-    json.dumps leaves only ASCII, and the E'' string doubles each backslash and quote, so it
-    means the same whatever `standard_conforming_strings` is. Datetimes (aware only) go as
-    ISO 8601, UUIDs as text: read back by `json_populate_recordset` into the columns' types."""
-    text = json.dumps(list(values), default=_json_value, separators=(",", ":"))
+    """`values` as a PostgreSQL string literal of a JSON array, safe to put in a statement's
+    text: the E'' string doubles each backslash and quote, so it means the same whatever
+    `standard_conforming_strings` is. Datetimes (aware only) go as ISO 8601, UUIDs as text,
+    `JsonText` fields of a row as they are: read back by `json_populate_recordset` into the
+    columns' types."""
+    text = "[" + ",".join(_json_row(value) for value in values) + "]"
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _json_row(value: Any) -> str:
+    if isinstance(value, Mapping) and (
+        verbatim := {k: v.text for k, v in value.items() if isinstance(v, JsonText)}
+    ):
+        rest = {k: v for k, v in value.items() if k not in verbatim}
+        fields = [_dumps(rest)[1:-1]] if rest else []
+        fields += [f"{_dumps(k)}:{text}" for k, text in verbatim.items()]
+        return "{" + ",".join(fields) + "}"
+    return _dumps(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_value, separators=(",", ":"))
 
 
 def _json_value(value: Any) -> Any:

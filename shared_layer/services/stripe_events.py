@@ -49,6 +49,7 @@ from shared_layer.services.stripe_changes import (
     apply_subscription,
     change_for,
 )
+from shared_layer.sql import JsonText
 
 __all__ = [
     "HANDLED_TYPES",
@@ -80,7 +81,7 @@ class VerifiedEvent:
     """An event whose signature verified, with the change it asks for already read."""
 
     event: StripeEventIn
-    payload: Mapping[str, Any]
+    payload: Mapping[str, Any] | JsonText  # as stored: the verified body itself, if at hand
     change: Change | None  # None: a type that changes nothing
 
 
@@ -92,7 +93,7 @@ class EventReceipt:
     emails: tuple[EmailRequest, ...] = field(default=())
 
 
-def verified_event(event: StripeEventIn, payload: Mapping[str, Any]) -> VerifiedEvent:
+def verified_event(event: StripeEventIn, payload: Mapping[str, Any] | JsonText) -> VerifiedEvent:
     """Read what `event` asks to change; `InvalidInput` if its object is malformed."""
     return VerifiedEvent(event, payload, change_for(event.type, event.data.object, event.created))
 

@@ -272,6 +272,27 @@ def test_other_event_types_are_stored_and_change_nothing_else(db, hook):
     }
 
 
+def test_the_stored_event_is_the_signed_body_with_every_character_it_held(db, hook):
+    """The body is stored as sent (PostgreSQL gets it inline in the statement's text): quotes,
+    backslashes, `%`, what looks like SQL, and text beyond ASCII, raw and escaped."""
+    awkward = {
+        "id": "pi_1",
+        "description": "it's a \\ back'slash \"quoted\" 100% :name E'' '); DROP TABLE users; --",
+        "name": "Zoë ✓ 日本",
+        "nested": [{"a": None, "b": 1.5, "c": True}],
+    }
+    evt = event("payment_intent.succeeded", awkward, created=T0)
+    body = json.dumps(evt, ensure_ascii=False).replace("Zoë", "Zo\\u00eb")  # raw and escaped
+
+    response = deliver(hook, body.encode())
+
+    assert response.status_code == 200, response.json
+    with session_scope() as session:
+        stored = session.get(StripeEvent, evt["id"])
+        assert stored is not None
+        assert stored.payload == evt
+
+
 def test_invoices_are_stored_in_minor_units_and_a_failed_payment_emails_the_user(
     db, hook, user_token
 ):
