@@ -122,14 +122,10 @@ def _json_row(value: Any) -> str:
         verbatim := {k: v.text for k, v in value.items() if isinstance(v, JsonText)}
     ):
         rest = {k: v for k, v in value.items() if k not in verbatim}
-        fields = [_dumps(rest)[1:-1]] if rest else []
-        fields += [f"{_dumps(k)}:{text}" for k, text in verbatim.items()]
+        fields = [_ENCODER.encode(rest)[1:-1]] if rest else []
+        fields += [f"{_ENCODER.encode(k)}:{text}" for k, text in verbatim.items()]
         return "{" + ",".join(fields) + "}"
-    return _dumps(value)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_value, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def _json_value(value: Any) -> Any:
@@ -140,6 +136,10 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"cannot send a {type(value).__name__} as a column value")
+
+
+# One encoder for every literal (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(default=_json_value, separators=(",", ":"))
 
 
 @lru_cache(maxsize=512)
