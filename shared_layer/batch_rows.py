@@ -31,8 +31,10 @@ from shared_layer.sql import JsonText, json_literal
 __all__ = [
     "DEFERRED_WRITES",
     "PENDING_PREFIX",
+    "Executor",
     "Lock",
     "Row",
+    "connection_of",
     "insert_new_and_lock",
     "simple_query",
     "update_rows",
@@ -46,11 +48,17 @@ DEFERRED_WRITES = "stratus.deferred_writes"
 PENDING_PREFIX = "stratus.pending_prefix"
 
 Row = dict[str, Any]
+Executor = Session | Connection  # what a transaction's statements run on: either will do
 Lock = tuple[Table, Collection[str], tuple[str, ...]]  # table, string keys, columns to read
 
 
+def connection_of(db: Executor) -> Connection:
+    """The connection a session's transaction runs on (beginning it), or `db` itself."""
+    return db if isinstance(db, Connection) else db.connection()
+
+
 def insert_new_and_lock(
-    session: Session,
+    db: Executor,
     table: Table,
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -68,7 +76,7 @@ def insert_new_and_lock(
         unique.setdefault(row[key], row)
     ordered = [dict(unique[k]) for k in sorted(unique)]
     sorted_locks = [(t, sorted(keys), columns) for t, keys, columns in locks]
-    conn = session.connection()
+    conn = connection_of(db)
     if conn.dialect.name == "postgresql":
         columns = tuple(ordered[0]) if ordered else (key,)
         shape = tuple((t, cols) for t, _, cols in sorted_locks)
@@ -101,13 +109,13 @@ def insert_new_and_lock(
     return inserted, found
 
 
-def update_rows(session: Session, writes: Sequence[tuple[Table, Sequence[Row]]]) -> None:
+def update_rows(db: Executor, writes: Sequence[tuple[Table, Sequence[Row]]]) -> None:
     """Set the columns each row names (the rows of one table name the same ones) on the
     stored row with its primary key: rows this transaction holds locked."""
     ordered = [(t, sorted(rows, key=lambda r: r[_primary_key(t)])) for t, rows in writes if rows]
     if not ordered:
         return
-    conn = session.connection()
+    conn = connection_of(db)
     if conn.dialect.name == "postgresql":
         shape = tuple((t, tuple(rows[0])) for t, rows in ordered)
         sql = _pg_update_sql(shape, conn.dialect).format(

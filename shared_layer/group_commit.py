@@ -32,14 +32,13 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Generic, TypeVar, cast
 
-from sqlalchemy.orm import Session
-
 __all__ = ["CommitterClosed", "GroupCommitStats", "GroupCommitter"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+D = TypeVar("D")  # what a transaction gives its work to run on: a session, a connection
 
 
 class CommitterClosed(RuntimeError):
@@ -73,11 +72,11 @@ class _Waiting(Generic[T, R]):
         self.settled = False
 
 
-class GroupCommitter(Generic[T, R]):
+class GroupCommitter(Generic[T, R, D]):
     """Batches items from many threads into one transaction each (see the module docstring).
 
     `transaction()` opens one transaction (commit on normal exit, rollback on an exception,
-    as `shared_layer.database.session_scope` does); `apply_batch(session, items)` does the
+    as `shared_layer.database.session_scope` does); `apply_batch(db, items)` does the
     items' work in it and returns one result per item, in order. `after_commit(items,
     results)`, if given, runs in the leading thread once the waiters of committed items are
     released (a fallback reports each item that succeeded): for what must only happen once
@@ -87,8 +86,8 @@ class GroupCommitter(Generic[T, R]):
     def __init__(
         self,
         *,
-        transaction: Callable[[], AbstractContextManager[Session]],
-        apply_batch: Callable[[Session, Sequence[T]], Sequence[R]],
+        transaction: Callable[[], AbstractContextManager[D]],
+        apply_batch: Callable[[D, Sequence[T]], Sequence[R]],
         max_batch: int = 64,
         committers: int = 1,
         after_commit: Callable[[Sequence[T], Sequence[R]], None] | None = None,
@@ -217,8 +216,8 @@ class GroupCommitter(Generic[T, R]):
         self._settle(batch, results, committed=True)
 
     def _run_in_transaction(self, items: list[T]) -> Sequence[R]:
-        with self._transaction() as session:
-            results = self._apply_batch(session, items)
+        with self._transaction() as db:
+            results = self._apply_batch(db, items)
             if len(results) != len(items):
                 raise RuntimeError(f"apply_batch gave {len(results)} results for {len(items)}")
         return results

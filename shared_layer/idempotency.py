@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import DeclarativeBase, Session
 
 __all__ = ["insert_new"]
 
 
 def insert_new(
-    session: Session,
+    db: Session | Connection,
     model: type[DeclarativeBase],
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -35,7 +36,8 @@ def insert_new(
         unique.setdefault(row[key], row)
     if not unique:
         return set()
-    dialect = session.get_bind().dialect.name
+    conn = db if isinstance(db, Connection) else db.connection()
+    dialect = conn.dialect.name
     column = getattr(model, key)
     statement: Any
     if dialect == "postgresql":
@@ -49,5 +51,5 @@ def insert_new(
     else:  # pragma: no cover - the platform runs on these two
         raise NotImplementedError(f"insert_new does not support {dialect}")
     statement = statement.returning(column)
-    result = session.execute(statement, [dict(unique[k]) for k in sorted(unique)])
+    result = conn.execute(statement, [dict(unique[k]) for k in sorted(unique)])
     return set(result.scalars().all())

@@ -34,17 +34,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.orm import Session
 
-from shared_layer.batch_rows import DEFERRED_WRITES, PENDING_PREFIX, simple_query
+from shared_layer.batch_rows import DEFERRED_WRITES, PENDING_PREFIX, Executor, simple_query
 from shared_layer.database import get_engine, session_scope
 
 __all__ = ["LeanTransactions"]
 
 
 class LeanTransactions:
-    """`with lean() as session:` one transaction on a connection of its own (see the
-    module); `close()` closes them all."""
+    """`with lean() as db:` one transaction on a connection of its own (see the module):
+    on PostgreSQL `db` is that `Connection`, on SQLite a `session_scope()` session; the
+    batch_rows functions and `record_stripe_events` take either. `close()` closes them all."""
 
     def __init__(self, *, ping_after_idle: float = 10.0, recycle_after: float = 1800.0) -> None:
         self._ping_after_idle = ping_after_idle
@@ -54,7 +54,7 @@ class LeanTransactions:
         self._open: list[Connection] = []
 
     @contextmanager
-    def __call__(self) -> Iterator[Session]:
+    def __call__(self) -> Iterator[Executor]:
         engine = get_engine()
         if engine.dialect.name != "postgresql":
             with session_scope() as session:
@@ -65,18 +65,16 @@ class LeanTransactions:
         info = conn.info  # the DBAPI connection's: read it while the connection is valid
         info[PENDING_PREFIX] = "BEGIN; "
         info[DEFERRED_WRITES] = []
-        session = Session(bind=conn, expire_on_commit=False)
         try:
-            yield session
-            session.flush()
+            yield conn
             deferred = info[DEFERRED_WRITES]
             if deferred or PENDING_PREFIX not in info:  # (BEGIN goes in front if pending)
                 simple_query(conn, "; ".join([*deferred, "COMMIT"]))
+            if conn.in_transaction():  # SQLAlchemy's own, if it ran a statement: ended; with
+                conn.rollback()  # the server's transaction committed, pg8000 sends nothing
         except BaseException:
-            _abandon(session, conn)
+            _abandon(conn)
             raise
-        else:
-            session.close()  # after the COMMIT its DBAPI rollback is a no-op
         finally:
             # Gone, so that no other user of this DBAPI connection defers its writes.
             info.pop(DEFERRED_WRITES, None)
@@ -129,11 +127,15 @@ class _Held:
     used: float
 
 
-def _abandon(session: Session, conn: Connection) -> None:
+def _abandon(conn: Connection) -> None:
     """Roll back; a connection that cannot, or that the server closed (pg8000 reports the
     server's FATAL as an error first), is invalidated, to be replaced on next use."""
     try:
-        session.close()  # rolls back: pg8000 sends ROLLBACK if a transaction is open
+        dbapi_connection = conn.connection.dbapi_connection
+        assert dbapi_connection is not None
+        dbapi_connection.rollback()  # pg8000 sends ROLLBACK if the server's transaction is open
+        if conn.in_transaction():
+            conn.rollback()
     except Exception:
         with suppress(Exception):
             conn.invalidate()

@@ -11,32 +11,32 @@ and how much is left once transactions are shared (what applying the events cost
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 import flask
 import functions_framework
-from sqlalchemy.orm import Session
+from sqlalchemy import Table
 
-from shared_layer.batch_rows import insert_new_and_lock
+from shared_layer.batch_rows import Executor, insert_new_and_lock
 from shared_layer.billing.signature import verify_stripe_signature
 from shared_layer.config import get_stripe_config
 from shared_layer.database import session_scope
 from shared_layer.group_commit import GroupCommitter
 from shared_layer.http import ApiRequest, Router
-from shared_layer.idempotency import insert_new
 from shared_layer.lean_transaction import LeanTransactions
 from shared_layer.models import StripeEvent, utcnow
 from shared_layer.schemas.billing import StripeEventIn, StripeWebhookReceipt
+from shared_layer.sql import JsonText
 
 only = Router("verify_only")
 insert = Router("verify_and_insert")
 batched = Router("verify_and_batched_insert")
+_EVENTS: Table = StripeEvent.__table__  # type: ignore[assignment]
 
 
-def _event(req: ApiRequest) -> tuple[StripeEventIn, dict[str, object]]:
+def _event(req: ApiRequest) -> tuple[StripeEventIn, JsonText]:
     config = get_stripe_config()
     assert config.webhook_secret is not None
     body = req.body_bytes()
@@ -46,11 +46,10 @@ def _event(req: ApiRequest) -> tuple[StripeEventIn, dict[str, object]]:
         secret=config.webhook_secret.get_secret_value(),
         tolerance_seconds=config.webhook_tolerance_seconds,
     )
-    payload = json.loads(body)
-    return StripeEventIn.model_validate(payload), payload
+    return StripeEventIn.model_validate_json(body), JsonText(body.decode("utf-8"))
 
 
-def _row(event: StripeEventIn, payload: dict[str, Any]) -> dict[str, Any]:
+def _row(event: StripeEventIn, payload: JsonText) -> dict[str, Any]:
     """The `stripe_events` row the floors store (outcome `ignored`: nothing is applied)."""
     return {
         "id": event.id,
@@ -74,20 +73,20 @@ def verify_and_store(req: ApiRequest) -> StripeWebhookReceipt:
     event, payload = _event(req)
     row = _row(event, payload)
     with session_scope() as session:
-        new = insert_new(session, StripeEvent, [row], key="id")
+        new = insert_new_and_lock(session, _EVENTS, [row], key="id")[0]
     return StripeWebhookReceipt(event_id=event.id, duplicate=not new, outcome="ignored")
 
 
-def _store_batch(session: Session, rows: Sequence[dict[str, Any]]) -> list[bool]:
-    inserted, _ = insert_new_and_lock(session, StripeEvent.__table__, rows, key="id")  # type: ignore[arg-type]
+def _store_batch(db: Executor, rows: Sequence[dict[str, Any]]) -> list[bool]:
+    inserted, _ = insert_new_and_lock(db, _EVENTS, rows, key="id")
     return [row["id"] in inserted for row in rows]
 
 
-_committer: GroupCommitter[dict[str, Any], bool] | None = None
+_committer: GroupCommitter[dict[str, Any], bool, Executor] | None = None
 _committer_lock = threading.Lock()
 
 
-def _batch_committer() -> GroupCommitter[dict[str, Any], bool]:
+def _batch_committer() -> GroupCommitter[dict[str, Any], bool, Executor]:
     global _committer
     with _committer_lock:
         if _committer is None:

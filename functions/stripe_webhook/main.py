@@ -24,6 +24,7 @@ import flask
 import functions_framework
 from pydantic import ValidationError
 
+from shared_layer.batch_rows import Executor
 from shared_layer.billing.signature import verify_stripe_signature
 from shared_layer.config import get_stripe_config
 from shared_layer.errors import InvalidInput, UpstreamError
@@ -46,11 +47,11 @@ router = Router("stripe_webhook")
 MAX_BATCH = 64  # events per transaction; more waiting than that go in the next one
 COMMITTERS = 1  # measured: two in flight make smaller batches and cost more CPU per event
 
-_committer: GroupCommitter[VerifiedEvent, EventReceipt] | None = None
+_committer: GroupCommitter[VerifiedEvent, EventReceipt, Executor] | None = None
 _committer_lock = threading.Lock()
 
 
-def committer() -> GroupCommitter[VerifiedEvent, EventReceipt]:
+def committer() -> GroupCommitter[VerifiedEvent, EventReceipt, Executor]:
     """The instance's committer, made on the first event (no thread at import)."""
     global _committer
     if _committer is None:
@@ -69,7 +70,7 @@ def committer() -> GroupCommitter[VerifiedEvent, EventReceipt]:
     return _committer
 
 
-def _shut_down(gc: GroupCommitter[Any, Any], transactions: LeanTransactions) -> None:
+def _shut_down(gc: GroupCommitter[Any, Any, Any], transactions: LeanTransactions) -> None:
     """At exit: commit what is queued, then close the committers' connections."""
     gc.close()
     transactions.close()

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Table, select
 
-from shared_layer.batch_rows import insert_new_and_lock, update_rows
+from shared_layer.batch_rows import Executor, connection_of, insert_new_and_lock, update_rows
 from shared_layer.config import get_settings
 from shared_layer.email.templates import format_money
 from shared_layer.idempotency import insert_new
@@ -99,17 +98,18 @@ def verified_event(event: StripeEventIn, payload: Mapping[str, Any] | JsonText) 
 
 
 def record_stripe_event(
-    session: Session, *, event: StripeEventIn, payload: Mapping[str, Any]
+    db: Executor, *, event: StripeEventIn, payload: Mapping[str, Any]
 ) -> EventReceipt:
     """Store and apply one verified event; a duplicate id is acknowledged with no effect.
 
     `emails` are what the caller sends after committing.
     """
-    return record_stripe_events(session, [verified_event(event, payload)])[0]
+    return record_stripe_events(db, [verified_event(event, payload)])[0]
 
 
-def record_stripe_events(session: Session, events: Sequence[VerifiedEvent]) -> list[EventReceipt]:
-    """Store and apply verified events in the session's transaction; a receipt for each.
+def record_stripe_events(db: Executor, events: Sequence[VerifiedEvent]) -> list[EventReceipt]:
+    """Store and apply verified events in the transaction of `db` (a session's or a
+    connection's); a receipt for each.
 
     The batch takes effect as if its events had arrived one after the other (checkout links
     first, then each row's events in arrival order): they were all in flight at once, so
@@ -129,8 +129,9 @@ def record_stripe_events(session: Session, events: Sequence[VerifiedEvent]) -> l
         for v in events
     ]
     changes = [v.change for v in events]
+    conn = connection_of(db)
     inserted, (found_subs, found_invoices) = insert_new_and_lock(
-        session,
+        conn,
         _EVENTS,
         rows,
         key="id",
@@ -144,7 +145,7 @@ def record_stripe_events(session: Session, events: Sequence[VerifiedEvent]) -> l
         if verified.event.id in inserted:
             inserted.discard(verified.event.id)  # a later copy in this batch is a duplicate
             new[i] = verified
-    outcomes, emails = _apply(session, new, found_subs, found_invoices)
+    outcomes, emails = _apply(conn, new, found_subs, found_invoices)
     return [
         EventReceipt(v.event.id, duplicate=False, outcome=outcomes[i], emails=emails.get(i, ()))
         if i in new
@@ -158,7 +159,7 @@ _READ = ("id", "status", "version", "past_due_since")
 
 
 def _apply(
-    session: Session,
+    conn: Connection,
     events: Mapping[int, VerifiedEvent],
     found_subs: dict[str, Row],
     found_invoices: dict[str, Row],
@@ -171,13 +172,13 @@ def _apply(
     for i, verified in events.items():
         change = verified.change
         if isinstance(change, CheckoutLink):  # first: later events may need the link
-            outcomes[i] = _link_customer(session, change)
+            outcomes[i] = _link_customer(conn, change)
         elif isinstance(change, SubscriptionChange):
             subs.append((i, change))
         elif isinstance(change, InvoiceChange):
             invoices.append((i, change))
     users = _users_for(
-        session,
+        conn,
         [(c.customer_id, c.named_user) for _, c in subs if c.id not in found_subs]
         + [(c.customer_id, c.named_user) for _, c in invoices],
     )
@@ -190,19 +191,19 @@ def _apply(
         return (row, "unmatched") if user_id is None else apply_invoice(row, c, user_id)
 
     changed_subs = _fold_and_create(
-        session, _SUBSCRIPTIONS, found_subs, subs, subscription_step, outcomes
+        conn, _SUBSCRIPTIONS, found_subs, subs, subscription_step, outcomes
     )
     changed_invoices = _fold_and_create(
-        session, _INVOICES, found_invoices, invoices, invoice_step, outcomes
+        conn, _INVOICES, found_invoices, invoices, invoice_step, outcomes
     )
     plans = {row["id"]: row["plan"] for row in changed_subs}  # not written back yet
     emails = {
-        i: _payment_failed_email(session, users(c.customer_id, c.named_user), c, plans)
+        i: _payment_failed_email(conn, users(c.customer_id, c.named_user), c, plans)
         for i, c in invoices
         if outcomes[i] == "applied" and c.fields["status"] == "payment_failed"
     }
     update_rows(  # last: a lean transaction sends it with the COMMIT
-        session,
+        conn,
         [
             (_SUBSCRIPTIONS, changed_subs),
             (_INVOICES, changed_invoices),
@@ -217,7 +218,7 @@ Step = Callable[[Row | None, C], tuple[Row | None, str]]
 
 
 def _fold_and_create(
-    session: Session,
+    conn: Connection,
     table: Table,
     found: dict[str, Row],
     changes: list[tuple[int, C]],
@@ -231,11 +232,11 @@ def _fold_and_create(
     changed = [r for key, r in rows.items() if key in found and r is not found[key] and r]
     if not created:
         return changed
-    inserted, _ = insert_new_and_lock(session, table, created, key="id")
+    inserted, _ = insert_new_and_lock(conn, table, created, key="id")
     lost = {row["id"] for row in created} - inserted
     if lost:  # created by another transaction since we looked: apply ours on top of theirs
         _, (theirs,) = insert_new_and_lock(
-            session, table, [], key="id", locks=[(table, lost, _read(table))]
+            conn, table, [], key="id", locks=[(table, lost, _read(table))]
         )
         again = _fold(theirs, [(i, c) for i, c in changes if c.id in lost], step, outcomes)
         changed += [r for key, r in again.items() if key in theirs and r is not theirs[key] and r]
@@ -259,14 +260,13 @@ def _fold(
 
 
 def _users_for(
-    session: Session, wanted: list[tuple[str, uuid.UUID | None]]
+    conn: Connection, wanted: list[tuple[str, uuid.UUID | None]]
 ) -> Callable[[str, uuid.UUID | None], uuid.UUID | None]:
     """Who a Stripe customer belongs to: the linked user, else the user the object's metadata
     names (our Checkout Sessions set it), if that user exists. Two reads for the batch."""
     linked: dict[str, uuid.UUID] = {}
     existing: set[uuid.UUID] = set()
     if wanted:
-        conn = session.connection()
         customers = sorted({customer for customer, _ in wanted})
         linked = {
             customer: user_id
@@ -288,16 +288,18 @@ def _users_for(
     return user_for
 
 
-def _link_customer(session: Session, change: CheckoutLink) -> str:
+def _link_customer(conn: Connection, change: CheckoutLink) -> str:
     user_id, customer_id = change.user_id, change.customer_id
-    if customer_id is None or user_id is None or session.get(User, user_id) is None:
+    if customer_id is None or user_id is None:
         return "unmatched"
-    linked = session.scalar(
+    if conn.scalar(select(User.id).where(User.id == user_id)) is None:
+        return "unmatched"
+    linked = conn.scalar(
         select(BillingCustomer.stripe_customer_id).where(BillingCustomer.user_id == user_id)
     )
     if linked is None:
         insert_new(
-            session,
+            conn,
             BillingCustomer,
             [{"user_id": user_id, "stripe_customer_id": customer_id, "created_at": utcnow()}],
             key="user_id",
@@ -307,12 +309,12 @@ def _link_customer(session: Session, change: CheckoutLink) -> str:
 
 
 def _payment_failed_email(
-    session: Session,
+    conn: Connection,
     user_id: uuid.UUID | None,
     invoice: InvoiceChange,
     plans: Mapping[str, str | None],
 ) -> tuple[EmailRequest, ...]:
-    email = session.scalar(select(User.email).where(User.id == user_id)) if user_id else None
+    email = conn.scalar(select(User.email).where(User.id == user_id)) if user_id else None
     if user_id is None or email is None:
         return ()
     fields = invoice.fields
@@ -320,7 +322,7 @@ def _payment_failed_email(
     plan = (
         plans[subscription_id]
         if subscription_id in plans
-        else session.scalar(select(Subscription.plan).where(Subscription.id == subscription_id))
+        else conn.scalar(select(Subscription.plan).where(Subscription.id == subscription_id))
     )
     context = {
         "amount": format_money(fields["amount_due"], fields["currency"]),

@@ -43,7 +43,7 @@ def webhook_module() -> dict[str, Any]:
     return view.__globals__
 
 
-def committer() -> GroupCommitter[Any, Any]:
+def committer() -> GroupCommitter[Any, Any, Any]:
     return webhook_module()["committer"]()  # type: ignore[no-any-return]
 
 

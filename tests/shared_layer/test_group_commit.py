@@ -58,11 +58,11 @@ class Store:
         return [i.upper() for i in items]
 
 
-def committer(store: Store, **options: Any) -> GroupCommitter[str, str]:
+def committer(store: Store, **options: Any) -> GroupCommitter[str, str, Session]:
     return GroupCommitter(transaction=session_scope, apply_batch=store, name="test-gc", **options)
 
 
-def submit_all(gc: GroupCommitter[str, str], items: list[str]) -> list[Future[str]]:
+def submit_all(gc: GroupCommitter[str, str, Session], items: list[str]) -> list[Future[str]]:
     pool = ThreadPoolExecutor(max_workers=len(items))
     futures = [pool.submit(gc.submit, item) for item in items]
     pool.shutdown(wait=False)
@@ -209,7 +209,7 @@ def test_many_threads_hammering_one_committer_all_get_their_results():
     def apply(_session: Any, items: Sequence[int]) -> list[int]:
         return [item * 2 for item in items]
 
-    gc: GroupCommitter[int, int] = GroupCommitter(
+    gc: GroupCommitter[int, int, Session] = GroupCommitter(
         transaction=lambda: nullcontext(None),  # type: ignore[arg-type,return-value]
         apply_batch=apply,
     )
