@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from shared_layer.logging_config import (
     log_context,
     log_security_event,
     log_task_execution,
+    request_log_fields,
     trace_from_headers,
 )
 
@@ -238,6 +240,14 @@ def test_invalid_traceparent_falls_back_to_googles_header():
     headers = {"traceparent": "00-xyz-1-01", "X-Cloud-Trace-Context": f"{TRACE}/1"}
 
     assert trace_from_headers(headers) == (TRACE, "0000000000000001")
+
+
+def test_a_request_without_trace_headers_gets_a_made_up_trace_id_of_its_own():
+    made_up = [request_log_fields({})["trace"] for _ in range(100)]
+
+    assert all(re.fullmatch(r"[0-9a-f]{32}", trace) for trace in made_up)
+    assert len(set(made_up)) == 100
+    assert request_log_fields({"traceparent": f"00-{TRACE}-{SPAN}-01"})["trace"] == TRACE
 
 
 # -- configure_logging --------------------------------------------------------------------
