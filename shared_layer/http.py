@@ -231,6 +231,8 @@ class Router:
         self.function = function
         self._routes: dict[tuple[str, str], _Route] = {}
         self._map = Map(strict_slashes=False, merge_slashes=False)
+        # Bound once: match() takes each request's path (and picks up routes added later).
+        self._adapter = self._map.bind("stratus")
         configure_logging()
         answer_framework_errors_with_problems()
         if check_config:
@@ -299,10 +301,9 @@ class Router:
             return response
 
     def _match(self, request: flask.Request) -> tuple[_Route, dict[str, str]]:
-        adapter = self._map.bind("stratus", path_info=request.path or "/")
         method = request.method.upper()
         try:
-            endpoint, params = adapter.match(method=method)
+            endpoint, params = self._adapter.match(request.path or "/", method=method)
         except RequestRedirect:
             raise NotFound(f"no route {request.path}") from None
         except HTTPException as exc:
