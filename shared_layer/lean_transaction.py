@@ -17,10 +17,12 @@ one connection of its own in autocommit mode and spends as few as the server all
   was idle must not cost the first event after it), and one older than `recycle_after` is
   replaced, as the pool's recycle would.
 
-A transaction whose statements are `insert_new_and_lock` and `update_rows` costs two round
-trips. On SQLite it is `session_scope()`. Connections are kept for reuse, one per transaction
-in flight (a group committer's batches in flight, whichever request thread leads them), and
-follow the engine when settings rebuild it.
+The block gets the connection itself rather than a Session around it (a session built and
+closed per batch is Python the batch does not need). A transaction whose statements are
+`insert_new_and_lock` and `update_rows` costs two round trips, both simple queries sent on
+pg8000's cursor. On SQLite it is `session_scope()`. Connections are kept for reuse, one per
+transaction in flight (a group committer's batches in flight, whichever request thread leads
+them), and follow the engine when settings rebuild it.
 """
 
 from __future__ import annotations
