@@ -13,14 +13,13 @@ import logging
 import os
 import random
 import re
+import sys
 import traceback
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Protocol
-
-from shared_layer.log_output import HeldLinesHandler
 
 _context: ContextVar[dict[str, str] | None] = ContextVar("stratus_log_context", default=None)
 _configured = False
@@ -127,16 +126,23 @@ class JsonFormatter(logging.Formatter):
 _ENCODER = json.JSONEncoder(default=str)  # what json.dumps(..., default=str) builds per call
 
 
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stdout` is at the time (a test's capture, a worker's pipe)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def configure_logging(level: str | None = None) -> None:
-    """Send JSON lines to stdout (several to a write: `shared_layer.log_output`); idempotent,
-    so every function may call it at import."""
+    """Send JSON lines to stdout; idempotent, so every function may call it at import."""
     global _configured
     if _configured:
         return
-    handler = HeldLinesHandler()
+    handler = _StdoutHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
-    root.handlers = [h for h in root.handlers if not isinstance(h, HeldLinesHandler)]
+    root.handlers = [h for h in root.handlers if not isinstance(h, _StdoutHandler)]
     root.addHandler(handler)
     wanted = (level or os.environ.get("LOG_LEVEL") or "INFO").strip().upper()
     valid = wanted in logging.getLevelNamesMapping()

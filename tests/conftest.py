@@ -32,7 +32,6 @@ BASE_ENV = {
     "PUBSUB_MODE": "local",
     "LOCAL_PUSH_MODE": "sync",
     "LOG_LEVEL": "INFO",
-    "LOG_FLUSH_SECONDS": "0",  # each log line is written when it is logged, to be read back
     "MONITORING_BATCH_SIZE": "1",  # each API-call metric is written when its request ends
 }
 _UNSET = (
