@@ -11,9 +11,9 @@ On PostgreSQL each call is one statement however many rows and tables it covers,
 bind parameters: the rows travel inline as one escaped JSON literal read by
 `json_populate_recordset`. That is what pg8000 makes cheap: a statement with parameters costs
 three round trips (parse, describe, bind and execute) and a Python scan of its text, one
-without costs one. They go straight to pg8000's cursor, past SQLAlchemy's statement and
-result bookkeeping, which cost as much Python as the rest of a batch's SQL. On SQLite (one
-writer at a time, no locks to take) these are plain statements.
+without costs one. They go straight to pg8000's cursor (`simple_query`), past SQLAlchemy's
+statement and result bookkeeping. On SQLite (one writer at a time, no locks to take) these
+are plain statements.
 """
 
 from __future__ import annotations
