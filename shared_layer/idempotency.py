@@ -12,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm import DeclarativeBase
+
+from shared_layer.batch_rows import Executor, connection_of
 
 __all__ = ["insert_new"]
 
 
 def insert_new(
-    db: Session | Connection,
+    db: Executor,
     model: type[DeclarativeBase],
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -36,7 +37,7 @@ def insert_new(
         unique.setdefault(row[key], row)
     if not unique:
         return set()
-    conn = db if isinstance(db, Connection) else db.connection()
+    conn = connection_of(db)
     dialect = conn.dialect.name
     column = getattr(model, key)
     statement: Any
