@@ -24,7 +24,7 @@ from shared_layer.billing.signature import verify_stripe_signature
 from shared_layer.config import get_stripe_config
 from shared_layer.database import session_scope
 from shared_layer.group_commit import GroupCommitter
-from shared_layer.http import ApiRequest, Router
+from shared_layer.http import ApiRequest, Router, parse_json_as
 from shared_layer.lean_transaction import LeanTransactions
 from shared_layer.models import StripeEvent, utcnow
 from shared_layer.schemas.billing import StripeEventIn, StripeWebhookReceipt
@@ -46,7 +46,7 @@ def _event(req: ApiRequest) -> tuple[StripeEventIn, JsonText]:
         secret=config.webhook_secret.get_secret_value(),
         tolerance_seconds=config.webhook_tolerance_seconds,
     )
-    return StripeEventIn.model_validate_json(body), JsonText(body.decode("utf-8"))
+    return parse_json_as(StripeEventIn, body, where="event"), JsonText(body.decode("utf-8"))
 
 
 def _row(event: StripeEventIn, payload: JsonText) -> dict[str, Any]:

@@ -22,14 +22,13 @@ from typing import Any
 
 import flask
 import functions_framework
-from pydantic import ValidationError
 
 from shared_layer.batch_rows import Executor
 from shared_layer.billing.signature import verify_stripe_signature
 from shared_layer.config import get_stripe_config
-from shared_layer.errors import InvalidInput, UpstreamError
+from shared_layer.errors import UpstreamError
 from shared_layer.group_commit import GroupCommitter
-from shared_layer.http import ApiRequest, Router, invalid_input_from
+from shared_layer.http import ApiRequest, Router, parse_json_as
 from shared_layer.lean_transaction import LeanTransactions
 from shared_layer.schemas.billing import StripeEventIn, StripeWebhookReceipt
 from shared_layer.services.email import send_email
@@ -87,13 +86,7 @@ def _verified_event(req: ApiRequest) -> VerifiedEvent:
         secret=config.webhook_secret.get_secret_value(),
         tolerance_seconds=config.webhook_tolerance_seconds,
     )
-    try:  # parsed once, by pydantic; the body itself is what gets stored
-        event = StripeEventIn.model_validate_json(body)
-    except ValidationError as exc:
-        not_json = [e["msg"] for e in exc.errors(include_url=False) if e["type"] == "json_invalid"]
-        if not_json:
-            raise InvalidInput(f"the body is not valid JSON: {not_json[0]}") from None
-        raise invalid_input_from(exc, where="event") from None
+    event = parse_json_as(StripeEventIn, body, where="event")  # the body itself is stored
     return verified_event(event, JsonText(body.decode("utf-8")))
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from flask import Flask
+from pydantic import BaseModel
 
 from shared_layer.config import ConfigError
-from shared_layer.http import ApiRequest, Router
+from shared_layer.errors import InvalidInput
+from shared_layer.http import ApiRequest, Router, parse_json_as
 
 REFUSED = {"STRATUS_ENV": "production", "JWT_SECRET": "change-me", "LLM_PROVIDER": "offline"}
 
@@ -56,3 +58,19 @@ def test_paths_functions_framework_answers_itself_are_problems_too(db, client, p
     assert r.status_code == 404
     assert r.mimetype == "application/problem+json"
     assert r.json["detail"] == f"no route {path}"
+
+
+class _Event(BaseModel):
+    id: str
+    created: int
+
+
+def test_parse_json_as_says_where_the_json_is_malformed_or_which_fields_are_invalid():
+    assert parse_json_as(_Event, b'{"id": "e", "created": 1}', where="event") == _Event(
+        id="e", created=1
+    )
+    with pytest.raises(InvalidInput, match=r"not valid JSON.*line 1 column 2"):
+        parse_json_as(_Event, b"{bad", where="event")
+    with pytest.raises(InvalidInput, match="invalid event: created") as refused:
+        parse_json_as(_Event, b'{"id": "e", "created": "soon"}', where="event")
+    assert [e["field"] for e in refused.value.errors] == ["created"]
