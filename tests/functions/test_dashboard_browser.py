@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -130,12 +131,21 @@ def _count(image: Any, colour: tuple[int, int, int], tolerance: int = 24) -> int
     )
 
 
+def _wait_for_a_minute_with_room(room_seconds: float = 20.0) -> None:
+    """Sleep into the next minute when this one has less than `room_seconds` left, so that the
+    traffic and the dashboard's own requests all fall in one 1-minute interval."""
+    left = 60.0 - time.time() % 60.0
+    if left < room_seconds:
+        time.sleep(left + 0.05)
+
+
 def test_dashboard_draws_its_charts_from_recorded_metrics_in_headless_chromium(
     backend, chromium, health_url, client, user_token, admin_token, push_to_task_runner, tmp_path
 ):
     from PIL import Image
 
-    # Real traffic, recorded by the Router and the task runner.
+    # Real traffic, recorded by the Router and the task runner, all in one minute.
+    _wait_for_a_minute_with_room()
     _, bearer = user_token()
     me = {"Authorization": bearer}
     agents = client("agents")
