@@ -12,8 +12,10 @@ bind parameters: the rows travel inline as one escaped JSON literal read by
 `json_populate_recordset`. That is what pg8000 makes cheap: a statement with parameters costs
 three round trips (parse, describe, bind and execute) and a Python scan of its text, one
 without costs one. They go straight to pg8000's cursor (`simple_query`), past SQLAlchemy's
-statement and result bookkeeping. On SQLite (one writer at a time, no locks to take) these
-are plain statements.
+statement and result bookkeeping. Each set of rows or keys read from a literal carries a
+`LIMIT` of its length: the planner takes a set-returning function for 100 rows, and for that
+many it reads a whole table rather than look each key up in its primary key, a cost that grows
+with the table. On SQLite (one writer at a time, no locks to take) these are plain statements.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ def insert_new_and_lock(
         shape = tuple((t, cols) for t, _, cols in sorted_locks)
         sql = _pg_insert_and_lock_sql(table, columns, key, shape, conn.dialect).format(
             rows=json_literal(ordered),
+            rows_count=len(ordered),
             **{f"keys{n}": json_literal(k) for n, (_, k, _) in enumerate(sorted_locks)},
+            **{f"keys{n}_count": len(k) for n, (_, k, _) in enumerate(sorted_locks)},
         )
         inserted: set[Any] = set()
         found: list[dict[Any, Row]] = [{} for _ in sorted_locks]
@@ -119,7 +123,8 @@ def update_rows(db: Executor, writes: Sequence[tuple[Table, Sequence[Row]]]) -> 
     if conn.dialect.name == "postgresql":
         shape = tuple((t, tuple(rows[0])) for t, rows in ordered)
         sql = _pg_update_sql(shape, conn.dialect).format(
-            **{f"rows{n}": json_literal(rows) for n, (_, rows) in enumerate(ordered)}
+            **{f"rows{n}": json_literal(rows) for n, (_, rows) in enumerate(ordered)},
+            **{f"rows{n}_count": len(rows) for n, (_, rows) in enumerate(ordered)},
         )
         deferred = conn.info.get(DEFERRED_WRITES)
         if deferred is not None:
@@ -184,8 +189,12 @@ def _is_timestamp(table: Table, column: str) -> bool:
 
 
 def _records(table: Table, field: str, dialect: Dialect) -> str:
+    """The rows of the `{field}` literal, `{field_count}` of them (see the module docstring)."""
     name = dialect.identifier_preparer.quote(table.name)
-    return f"json_populate_recordset(NULL::{name}, CAST({{{field}}} AS json))"
+    return (
+        f"(SELECT * FROM json_populate_recordset(NULL::{name}, CAST({{{field}}} AS json)) "  # noqa: S608
+        f"LIMIT {{{field}_count}})"
+    )
 
 
 @lru_cache(maxsize=64)
@@ -196,14 +205,15 @@ def _pg_insert_and_lock_sql(
     locks: tuple[tuple[Table, tuple[str, ...]], ...],
     dialect: Dialect,
 ) -> str:
-    """The statement, with a `{rows}` and a `{keysN}` field per lock for the literals. Rows
+    """The statement, with a `{rows}` and a `{keysN}` field per lock for the literals, and a
+    `{rows_count}` and `{keysN_count}` for their lengths. Rows
     come back as (kind, row as JSON): kind -1 for an inserted key, else the lock's index.
     The insert's CTE is read first, so it runs first; each locking CTE sorts, then locks."""
     quote = dialect.identifier_preparer.quote
     names = ", ".join(quote(c) for c in columns)
     ctes = [
         f"new AS (INSERT INTO {quote(table.name)} ({names}) "  # noqa: S608 (names: metadata)
-        f"SELECT {names} FROM {_records(table, 'rows', dialect)} "
+        f"SELECT {names} FROM {_records(table, 'rows', dialect)} AS r "
         f"ON CONFLICT ({quote(key)}) DO NOTHING RETURNING {quote(key)})"
     ]
     selects = [f"SELECT -1, json_build_object('{key}', {quote(key)}) FROM new"]  # noqa: S608
@@ -211,7 +221,8 @@ def _pg_insert_and_lock_sql(
         pk = quote(_primary_key(t))
         ctes.append(
             f"lock{n} AS (SELECT {', '.join(quote(c) for c in cols)} FROM {quote(t.name)} "  # noqa: S608
-            f"WHERE {pk} IN (SELECT json_array_elements_text(CAST({{keys{n}}} AS json))) "
+            f"WHERE {pk} IN (SELECT json_array_elements_text(CAST({{keys{n}}} AS json)) "
+            f"LIMIT {{keys{n}_count}}) "
             f"ORDER BY {pk} FOR UPDATE)"
         )
         selects.append(f"SELECT {n}, row_to_json(lock{n}) FROM lock{n}")  # noqa: S608
@@ -220,7 +231,8 @@ def _pg_insert_and_lock_sql(
 
 @lru_cache(maxsize=64)
 def _pg_update_sql(writes: tuple[tuple[Table, tuple[str, ...]], ...], dialect: Dialect) -> str:
-    """The statement, with a `{rowsN}` field per table: the first tables' updates in CTEs."""
+    """The statement, with a `{rowsN}` and a `{rowsN_count}` field per table: the first
+    tables' updates in CTEs."""
     quote = dialect.identifier_preparer.quote
     updates = []
     for n, (t, columns) in enumerate(writes):
