@@ -1,7 +1,8 @@
 """Webhook throughput on PostgreSQL, beside a bare functions-framework hello world.
 
 Each function is started as Cloud Functions' Python runtime starts it (`functions-framework
---target NAME`, gunicorn with its default threads) against a fresh PostgreSQL database, and
+--target NAME`, gunicorn with its default threads) against a new PostgreSQL database that holds
+what a live service holds (`--stored`: 20,000 subscriptions and 100,000 past events), and
 loaded over real HTTP (keep-alive connections from client threads) for a fixed time after a
 warm-up. Measured in the same run:
 
@@ -100,9 +101,13 @@ def postgres_database() -> Iterator[str]:
             admin.dispose()
 
 
-def prepare(database_url: str) -> str:
-    """Migrate, and create a user whose Stripe customer the events name; the customer id."""
+def prepare(database_url: str, stored: int) -> str:
+    """Migrate, create a user whose Stripe customer the events name, and store `stored`
+    other subscriptions and five times as many past events, as a live service holds; the customer
+    id. An event's cost must not grow with what is stored, and only a full table shows it."""
     os.environ["DATABASE_URL"] = database_url
+    from sqlalchemy import text
+
     from shared_layer.config import reset_settings
     from shared_layer.database import get_engine, reset_engine, session_scope
     from shared_layer.migrate import upgrade
@@ -117,6 +122,26 @@ def prepare(database_url: str) -> str:
         session.add(user)
         session.flush()
         session.add(BillingCustomer(user_id=user.id, stripe_customer_id=customer))
+        session.execute(
+            text(
+                "INSERT INTO subscriptions (id, user_id, stripe_customer_id, status, version, "
+                "cancel_at_period_end, created_at, updated_at) SELECT 'sub_stored_' || g, "
+                ":user_id, 'cus_stored', 'active', 1, false, now(), now() "
+                "FROM generate_series(1, :n) g"
+            ),
+            {"user_id": user.id, "n": stored},
+        )
+        session.execute(
+            text(
+                "INSERT INTO stripe_events (id, type, created, livemode, outcome, payload, "
+                "received_at) SELECT 'evt_stored_' || g, 'customer.updated', now(), false, "
+                "'ignored', CAST('{\"object\": \"event\"}' AS json), now() "
+                "FROM generate_series(1, :n) g"
+            ),
+            {"n": stored * 5},
+        )
+    with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE"))
     reset_engine()
     return customer
 
@@ -314,6 +339,12 @@ def main() -> int:
         "verify + INSERTs group-committed as stripe_webhook commits",
     )
     parser.add_argument(
+        "--stored",
+        type=int,
+        default=20_000,
+        help="subscriptions stored before the run (and five times as many past events)",
+    )
+    parser.add_argument(
         "--no-monitoring", action="store_true", help="MONITORING_ENABLED=false in the functions"
     )
     args = parser.parse_args()
@@ -323,7 +354,7 @@ def main() -> int:
     signer = EventSigner()
     log = Path(tempfile.gettempdir()) / f"stratus-bench-webhooks-{os.getpid()}.log"
     with postgres_database() as database_url:
-        customer = prepare(database_url)
+        customer = prepare(database_url, args.stored)
         env = child_env(database_url, signer.public_key, not args.no_monitoring)
         budget = int((args.seconds + args.warmup) * 4000 * args.rounds)  # more than runs send
         runs: list[
@@ -379,7 +410,8 @@ def main() -> int:
     print(
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, PostgreSQL, "
         f"monitoring {'off' if args.no_monitoring else 'on'}, {args.seconds:.0f} s per function, "
-        f"median of {args.rounds} interleaved rounds"
+        f"median of {args.rounds} interleaved rounds, {args.stored:,} subscriptions and "
+        f"{5 * args.stored:,} events stored before"
     )
     print(report(results, base, args.connections))
     stripe = next(r for r in results if r.name == "stripe_webhook")
