@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from shared_layer.config import get_settings
+from shared_layer.config import Settings, get_settings
 from shared_layer.errors import InvalidInput
 from shared_layer.plan_defaults import PLAN_NAMES, PlanLimits
 
@@ -31,12 +31,21 @@ class Plan:
 
 
 def get_plans() -> dict[str, Plan]:
+    """The plans under the current settings; made once per settings object, since every
+    Stripe event and every task submission asks."""
+    global _plans
     settings = get_settings()
-    prices = {"pro": settings.stripe_price_pro, "team": settings.stripe_price_team}
-    return {
-        name: Plan(name, rank, settings.billing_plans[name], prices.get(name))
-        for rank, name in enumerate(PLAN_NAMES)
-    }
+    if _plans is None or _plans[0] is not settings:
+        prices = {"pro": settings.stripe_price_pro, "team": settings.stripe_price_team}
+        plans = {
+            name: Plan(name, rank, settings.billing_plans[name], prices.get(name))
+            for rank, name in enumerate(PLAN_NAMES)
+        }
+        _plans = (settings, plans)
+    return dict(_plans[1])
+
+
+_plans: tuple[Settings, dict[str, Plan]] | None = None
 
 
 def get_plan(name: str) -> Plan:
