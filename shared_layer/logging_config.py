@@ -14,6 +14,7 @@ import os
 import random
 import re
 import sys
+import time
 import traceback
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -85,42 +86,67 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record, in the shape Cloud Logging reads from stdout."""
 
     def format(self, record: logging.LogRecord) -> str:
-        context = _context.get() or {}
-        entry: dict[str, Any] = {
-            "severity": record.levelname if record.levelname != "WARN" else "WARNING",
-            "message": record.getMessage(),
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "logger": record.name,
-        }
-        labels = {"function": context.get("function") or os.environ.get("K_SERVICE", "stratus")}
-        if context.get("execution_id"):
-            labels["execution_id"] = context["execution_id"]
         fields = vars(record)
-        for key in sorted(fields.keys() - _STANDARD_ATTRS):  # the extras, in a stable order
-            value = fields[key]
-            if key.startswith("_"):
-                continue
-            if key == "labels" and isinstance(value, dict):
-                labels.update({str(k): str(v) for k, v in value.items()})
-            else:  # a field never replaces severity, message, time or logger
-                entry[f"{key}_" if key in entry else key] = value
-        entry["logging.googleapis.com/labels"] = labels
-        trace = context.get("trace")
-        if trace:
-            project = os.environ.get("GOOGLE_CLOUD_PROJECT")
-            entry["logging.googleapis.com/trace"] = (
-                f"projects/{project}/traces/{trace}" if project else trace
-            )
-            if context.get("span"):
-                entry["logging.googleapis.com/spanId"] = context["span"]
-        entry["logging.googleapis.com/sourceLocation"] = {
-            "file": record.pathname,
-            "line": record.lineno,
-            "function": record.funcName,
+        extras = {  # in a stable order
+            key: fields[key]
+            for key in sorted(fields.keys() - _STANDARD_ATTRS)
+            if not key.startswith("_")
         }
-        if record.exc_info:
-            entry["stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
-        return _ENCODER.encode(entry)
+        stack = "".join(traceback.format_exception(*record.exc_info)) if record.exc_info else None
+        return _json_line(
+            record.levelname,
+            record.getMessage(),
+            record.created,
+            record.name,
+            extras,
+            (record.pathname, record.lineno, record.funcName),
+            stack,
+        )
+
+
+def _json_line(
+    level: str,
+    message: str,
+    created: float,
+    logger_name: str,
+    extras: dict[str, Any],
+    source: tuple[str, int, str | None],
+    stack: str | None = None,
+) -> str:
+    """The line of one record, with the request's or task's context, as JSON."""
+    context = _context.get() or {}
+    entry: dict[str, Any] = {
+        "severity": level if level != "WARN" else "WARNING",
+        "message": message,
+        "time": datetime.fromtimestamp(created, UTC).isoformat(),
+        "logger": logger_name,
+    }
+    labels = {"function": context.get("function") or os.environ.get("K_SERVICE", "stratus")}
+    if context.get("execution_id"):
+        labels["execution_id"] = context["execution_id"]
+    for key, value in extras.items():
+        if key == "labels" and isinstance(value, dict):
+            labels.update({str(k): str(v) for k, v in value.items()})
+        else:  # a field never replaces severity, message, time or logger
+            entry[f"{key}_" if key in entry else key] = value
+    entry["logging.googleapis.com/labels"] = labels
+    trace = context.get("trace")
+    if trace:
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+        entry["logging.googleapis.com/trace"] = (
+            f"projects/{project}/traces/{trace}" if project else trace
+        )
+        if context.get("span"):
+            entry["logging.googleapis.com/spanId"] = context["span"]
+    file, line, function = source
+    entry["logging.googleapis.com/sourceLocation"] = {
+        "file": file,
+        "line": line,
+        "function": function,
+    }
+    if stack:
+        entry["stack_trace"] = stack
+    return _ENCODER.encode(entry)
 
 
 _ENCODER = json.JSONEncoder(default=str)  # what json.dumps(..., default=str) builds per call
@@ -133,13 +159,23 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.stream = sys.stdout
         super().emit(record)
 
+    def write_line(self, line: str) -> None:
+        """A line formatted already, written as `emit` writes a record's."""
+        with self.lock:  # type: ignore[union-attr]  # made by createLock()
+            self.stream = sys.stdout
+            self.stream.write(line + self.terminator)
+            self.stream.flush()
+
+
+_handler: _StdoutHandler | None = None  # configure_logging's
+
 
 def configure_logging(level: str | None = None) -> None:
     """Send JSON lines to stdout; idempotent, so every function may call it at import."""
-    global _configured
+    global _configured, _handler
     if _configured:
         return
-    handler = _StdoutHandler()
+    handler = _handler = _StdoutHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers = [h for h in root.handlers if not isinstance(h, _StdoutHandler)]
@@ -197,20 +233,31 @@ _api_logger = logging.getLogger("stratus.api")
 def log_api_call(
     endpoint: str, method: str, status: int, duration_ms: float, user_id: object | None = None
 ) -> None:
-    """The line `Router.dispatch` writes for every request. Made and handed to the handlers
-    directly: the adapter's field handling and the caller lookup (whose answer is always this
-    function) cost more than the rest of the line, and every request pays for it."""
+    """The line `Router.dispatch` writes for every request. When configure_logging's handler
+    is the only one it would reach, the line is made and written here, as the handler would
+    write it, without a LogRecord or a walk through the handlers: in a loaded instance that
+    machinery cost more than the rest of a small request's own work. Otherwise (another
+    handler, a filter: a test's capture, say) it goes through logging as any line does."""
     if not _api_logger.isEnabledFor(logging.INFO):
         return
-    fields = {
+    fields = {  # in the order the formatter sorts extras into
+        "duration_ms": round(duration_ms, 2),
         "endpoint": endpoint,
         "method": method,
         "status": status,
-        "duration_ms": round(duration_ms, 2),
         "user_id": str(user_id) if user_id else None,
     }
     message = f"{method} {endpoint} -> {status}"
     code = log_api_call.__code__
+    handler = _sole_handler()
+    if handler is not None:
+        source = (code.co_filename, code.co_firstlineno, code.co_name)
+        line = _json_line("INFO", message, time.time(), _api_logger.name, fields, source)
+        try:
+            handler.write_line(line)
+            return
+        except Exception:  # noqa: S110 (logging's own path reports it, below)
+            pass
     _api_logger.handle(
         _api_logger.makeRecord(
             _api_logger.name,
@@ -224,6 +271,25 @@ def log_api_call(
             fields,
         )
     )
+
+
+def _sole_handler() -> _StdoutHandler | None:
+    """configure_logging's handler, if an INFO line of `stratus.api` would reach it and no
+    other handler or filter."""
+    handler = _handler
+    if handler is None or handler.filters or handler.level > logging.INFO:
+        return None
+    if _api_logger.filters:
+        return None
+    logger: logging.Logger | None = _api_logger
+    while logger is not None:
+        if logger is logging.root:
+            handlers = logger.handlers
+            return handler if len(handlers) == 1 and handlers[0] is handler else None
+        if logger.handlers or not logger.propagate:
+            return None
+        logger = logger.parent
+    return None
 
 
 def log_task_execution(

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -259,6 +259,7 @@ def fresh_logging(monkeypatch) -> Iterator[logging.Logger]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     monkeypatch.setattr(logging_config, "_configured", False)
+    monkeypatch.setattr(logging_config, "_handler", None)
     yield root
     root.handlers, root.level = handlers, level
 
@@ -293,6 +294,83 @@ def test_unknown_log_level_falls_back_to_info_and_says_so(fresh_logging, monkeyp
         "unknown LOG_LEVEL 'CHATTY'"
         in one(stdout_entries(capsys), "unknown LOG_LEVEL 'CHATTY'; using INFO")["message"]
     )
+
+
+@pytest.fixture
+def alone(fresh_logging: logging.Logger) -> Callable[[], logging.Handler]:
+    """Makes configure_logging's handler the only one, as in a function's process (pytest's
+    capture handlers, added for the test's body, set aside): API lines are then written
+    without going through logging."""
+    configure_logging()
+    ours = fresh_logging.handlers[-1]
+
+    def only_ours() -> logging.Handler:
+        fresh_logging.handlers = [ours]
+        return ours
+
+    return only_ours
+
+
+def test_an_api_line_written_directly_is_the_line_logging_writes(alone, capsys, monkeypatch):
+    made = logging.getLogRecordFactory()
+    records: list[str] = []
+
+    def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = made(*args, **kwargs)
+        records.append(record.getMessage())
+        return record
+
+    monkeypatch.setattr(logging, "_logRecordFactory", counted)  # setLogRecordFactory, undone
+    alone()
+    with log_context(function="agents", trace=TRACE, span=SPAN, execution_id="exec-1"):
+        log_api_call("/agents/{agent_id}", "GET", 200, 1.23456, user_id="u-1")
+        assert records == []  # written directly: no record was made
+        logging.getLogger().addHandler(logging.NullHandler())  # now another handler sees it
+        log_api_call("/agents/{agent_id}", "GET", 200, 1.23456, user_id="u-1")
+        assert records == ["GET /agents/{agent_id} -> 200"]
+
+    direct, through_logging = stdout_entries(capsys)
+
+    assert direct.pop("time").endswith("+00:00")
+    through_logging.pop("time")
+    assert direct == through_logging
+    assert direct["message"] == "GET /agents/{agent_id} -> 200"
+    assert direct["logging.googleapis.com/trace"] == TRACE
+    assert direct["logging.googleapis.com/labels"] == {
+        "function": "agents",
+        "execution_id": "exec-1",
+    }
+    assert direct["logging.googleapis.com/sourceLocation"]["function"] == "log_api_call"
+
+
+def test_api_lines_reach_other_handlers_and_respect_filters_and_levels(alone, capsys):
+    ours = alone()
+    api = logging.getLogger("stratus.api")
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    api.addHandler(keep)
+    try:
+        log_api_call("/a", "GET", 200, 1.0)  # a handler of its own sees it, and stdout too
+    finally:
+        api.removeHandler(keep)
+    refuse = logging.Filter("nothing.matches")
+    api.addFilter(refuse)
+    try:
+        log_api_call("/b", "GET", 200, 1.0)  # filtered out: written nowhere
+    finally:
+        api.removeFilter(refuse)
+    ours.setLevel(logging.WARNING)
+    log_api_call("/c", "GET", 200, 1.0)  # below the handler's level: not written
+    ours.setLevel(logging.NOTSET)
+    log_api_call("/d", "GET", 200, 1.0)
+
+    assert [r.getMessage() for r in seen] == ["GET /a -> 200"]
+    assert [e["endpoint"] for e in stdout_entries(capsys)] == ["/a", "/d"]
 
 
 # -- through a real function ----------------------------------------------------------------
