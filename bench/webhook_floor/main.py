@@ -20,11 +20,10 @@ import functions_framework
 from sqlalchemy import Table
 
 from shared_layer.batch_rows import Executor, insert_new_and_lock
-from shared_layer.billing.signature import verify_stripe_signature
-from shared_layer.config import get_stripe_config
+from shared_layer.billing.webhook import signed_stripe_event
 from shared_layer.database import session_scope
 from shared_layer.group_commit import GroupCommitter
-from shared_layer.http import ApiRequest, Router, parse_json_as
+from shared_layer.http import ApiRequest, Router
 from shared_layer.lean_transaction import LeanTransactions
 from shared_layer.models import StripeEvent, utcnow
 from shared_layer.schemas.billing import StripeEventIn, StripeWebhookReceipt
@@ -34,19 +33,6 @@ only = Router("verify_only")
 insert = Router("verify_and_insert")
 batched = Router("verify_and_batched_insert")
 _EVENTS: Table = StripeEvent.__table__  # type: ignore[assignment]
-
-
-def _event(req: ApiRequest) -> tuple[StripeEventIn, JsonText]:
-    config = get_stripe_config()
-    assert config.webhook_secret is not None
-    body = req.body_bytes()
-    verify_stripe_signature(
-        body,
-        req.raw.headers.get("Stripe-Signature"),
-        secret=config.webhook_secret.get_secret_value(),
-        tolerance_seconds=config.webhook_tolerance_seconds,
-    )
-    return parse_json_as(StripeEventIn, body, where="event"), JsonText(body.decode("utf-8"))
 
 
 def _row(event: StripeEventIn, payload: JsonText) -> dict[str, Any]:
@@ -64,13 +50,13 @@ def _row(event: StripeEventIn, payload: JsonText) -> dict[str, Any]:
 
 @only.route("POST", "/")
 def verify(req: ApiRequest) -> StripeWebhookReceipt:
-    event, _ = _event(req)
+    event, _ = signed_stripe_event(req)
     return StripeWebhookReceipt(event_id=event.id, duplicate=False, outcome="ignored")
 
 
 @insert.route("POST", "/")
 def verify_and_store(req: ApiRequest) -> StripeWebhookReceipt:
-    event, payload = _event(req)
+    event, payload = signed_stripe_event(req)
     row = _row(event, payload)
     with session_scope() as session:
         new = insert_new_and_lock(session, _EVENTS, [row], key="id")[0]
@@ -96,7 +82,7 @@ def _batch_committer() -> GroupCommitter[dict[str, Any], bool, Executor]:
 
 @batched.route("POST", "/")
 def verify_and_store_batched(req: ApiRequest) -> StripeWebhookReceipt:
-    event, payload = _event(req)
+    event, payload = signed_stripe_event(req)
     row = _row(event, payload)
     new = _batch_committer().submit(row)
     return StripeWebhookReceipt(event_id=event.id, duplicate=not new, outcome="ignored")

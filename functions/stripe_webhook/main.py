@@ -24,13 +24,11 @@ import flask
 import functions_framework
 
 from shared_layer.batch_rows import Executor
-from shared_layer.billing.signature import verify_stripe_signature
-from shared_layer.config import get_stripe_config
-from shared_layer.errors import UpstreamError
+from shared_layer.billing.webhook import signed_stripe_event
 from shared_layer.group_commit import GroupCommitter
-from shared_layer.http import ApiRequest, Router, parse_json_as
+from shared_layer.http import ApiRequest, Router
 from shared_layer.lean_transaction import LeanTransactions
-from shared_layer.schemas.billing import StripeEventIn, StripeWebhookReceipt
+from shared_layer.schemas.billing import StripeWebhookReceipt
 from shared_layer.services.email import send_email
 from shared_layer.services.stripe_events import (
     EventReceipt,
@@ -38,7 +36,6 @@ from shared_layer.services.stripe_events import (
     record_stripe_events,
     verified_event,
 )
-from shared_layer.sql import JsonText
 
 logger = logging.getLogger(__name__)
 router = Router("stripe_webhook")
@@ -75,24 +72,9 @@ def _shut_down(gc: GroupCommitter[Any, Any, Any], transactions: LeanTransactions
     transactions.close()
 
 
-def _verified_event(req: ApiRequest) -> VerifiedEvent:
-    config = get_stripe_config()
-    if config.webhook_secret is None:
-        raise UpstreamError("the Stripe webhook is not configured: STRIPE_WEBHOOK_SECRET")
-    body = req.body_bytes()
-    verify_stripe_signature(
-        body,
-        req.raw.headers.get("Stripe-Signature"),
-        secret=config.webhook_secret.get_secret_value(),
-        tolerance_seconds=config.webhook_tolerance_seconds,
-    )
-    event = parse_json_as(StripeEventIn, body, where="event")  # the body itself is stored
-    return verified_event(event, JsonText(body.decode("utf-8")))
-
-
 @router.route("POST", "/")
 def receive(req: ApiRequest) -> StripeWebhookReceipt:
-    verified = _verified_event(req)
+    verified = verified_event(*signed_stripe_event(req))
     receipt = committer().submit(verified)  # returns once the event is committed
     _send_emails(receipt)
     return StripeWebhookReceipt(
