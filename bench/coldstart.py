@@ -127,12 +127,12 @@ class Fixtures:
 
     def __init__(self, env: dict[str, str]) -> None:
         os.environ.update(env)
-        from shared_layer.auth import create_access_token, hash_password
+        from shared_layer.auth import hash_password
         from shared_layer.config import reset_settings
         from shared_layer.database import get_engine, reset_engine, session_scope
         from shared_layer.migrate import upgrade
         from shared_layer.models import Agent
-        from shared_layer.services.accounts import register_user
+        from shared_layer.services.accounts import register_user, start_session
         from shared_layer.sql import transaction
 
         reset_settings()
@@ -149,7 +149,9 @@ class Fixtures:
             session.add(agent)
             session.flush()
             self.user_id, self.agent_id = user.id, agent.id
-            self.token = create_access_token(user_id=user.id, email=user.email)
+        with transaction() as db:
+            pair = start_session(db, user=user, user_agent="bench", ip_address=None)
+        self.token = pair.access_token
 
     def queued_task_event(self) -> Probe:
         from shared_layer.config import get_settings

@@ -42,11 +42,12 @@ START_TIMEOUT = 60.0
 def prepare(url: str) -> str:
     """Migrate, create a user with five agents; the user's bearer token."""
     os.environ["DATABASE_URL"] = url
-    from shared_layer.auth import create_access_token
     from shared_layer.config import reset_settings
     from shared_layer.database import get_engine, reset_engine, session_scope
     from shared_layer.migrate import upgrade
     from shared_layer.models import Agent, User
+    from shared_layer.services.accounts import get_active_user, start_session
+    from shared_layer.sql import transaction
 
     reset_settings()
     reset_engine()
@@ -59,9 +60,11 @@ def prepare(url: str) -> str:
         for i in range(5):
             session.add(Agent(owner_id=user.id, name=f"agent-{i}"))
         user_id = user.id
-    token = create_access_token(user_id=user_id)
+    with transaction() as db:
+        user_record = get_active_user(db, user_id=user_id)
+        pair = start_session(db, user=user_record, user_agent="bench", ip_address=None)
     reset_engine()
-    return f"Bearer {token}"
+    return f"Bearer {pair.access_token}"
 
 
 def start(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:

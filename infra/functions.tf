@@ -16,6 +16,9 @@ locals {
     PUBSUB_MODE          = "gcp"
     TASKS_TOPIC          = google_pubsub_topic.tasks.name
     CORS_ORIGINS         = join(",", var.cors_origins)
+    # Cloud Run's front end appends the caller's address to X-Forwarded-For: the one entry to
+    # trust (sign-in throttling counts by it; a load balancer in front would add a second).
+    TRUSTED_PROXY_HOPS = "1"
     # Functions that never call a model say so: production then needs no OpenAI key there.
     LLM_PROVIDER = "offline"
   }

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     db_name: str = "stratus"
     cloud_sql_iam_auth: bool = False
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)  # may hold a password
+    redis_url: str | None = Field(None, repr=False)  # may hold a password; None: no Redis
 
     # LLM
     llm_provider: Literal["auto", "offline", "openai"] = "auto"
@@ -91,8 +91,16 @@ class Settings(BaseSettings):
     jwt_audience: str = "stratus-api"
     access_token_ttl_seconds: int = Field(900, ge=60, le=86_400)
     refresh_token_ttl_days: int = Field(30, ge=1, le=365)
-    password_min_length: int = Field(8, ge=8, le=128)
+    password_min_length: int = Field(15, ge=8, le=64)
+    password_min_strength: int = Field(3, ge=0, le=4)  # zxcvbn's score, 0 (weakest) to 4
     bcrypt_rounds: int = Field(12, ge=4, le=16)
+    auth_session_check_seconds: float = Field(5.0, ge=0, le=60)  # revocation takes effect within
+    trusted_proxy_hops: int = Field(0, ge=0, le=10)  # proxies that append to X-Forwarded-For
+    login_throttle_account_ip_failures: int = Field(5, ge=1, le=1000)
+    login_throttle_ip_failures: int = Field(50, ge=1, le=100_000)
+    login_throttle_account_failures: int = Field(20, ge=1, le=1000)
+    login_throttle_max_delay_seconds: int = Field(900, ge=1, le=86_400)
+    login_throttle_account_max_delay_seconds: int = Field(60, ge=1, le=86_400)
 
     # HTTP API
     api_host: str = "127.0.0.1"
@@ -317,7 +325,7 @@ def get_database_url() -> str:
     return get_settings().database_url
 
 
-def get_redis_url() -> str:
+def get_redis_url() -> str | None:
     return get_settings().redis_url
 
 

@@ -12,7 +12,7 @@
     ├── Conflict              409  the resource exists or is in the wrong state
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415
-    ├── RateLimited           429
+    ├── RateLimited           429  too many attempts; retry after `retry_after` seconds
     │   └── QuotaExceeded          a monthly plan quota is used up until `resets_at`
     ├── LLMRequestError       502  the language model rejected the request; permanent
     └── UpstreamError         503  a dependency (database, LLM, Pub/Sub) failed; retryable
@@ -108,20 +108,22 @@ class UnsupportedMediaType(StratusError):
 
 
 class RateLimited(StratusError):
+    """Too many attempts; `retry_after` is the seconds to wait (the HTTP adapter sends it as
+    `Retry-After`)."""
+
     status, slug, title = 429, "rate-limited", "Too many requests"
-
-
-class QuotaExceeded(RateLimited):
-    """A plan quota for the billing period is used up; `retry_after` is the seconds until
-    it resets (the HTTP adapter sends it as `Retry-After`)."""
-
-    slug, title = "quota-exceeded", "Plan quota exceeded"
 
     def __init__(
         self, detail: str, *, retry_after: int, extra: Mapping[str, Any] | None = None
     ) -> None:
-        super().__init__(detail, extra=extra)
+        super().__init__(detail, extra={**(extra or {}), "retry_after": max(1, retry_after)})
         self.retry_after = max(1, retry_after)
+
+
+class QuotaExceeded(RateLimited):
+    """A plan quota for the billing period is used up until it resets."""
+
+    slug, title = "quota-exceeded", "Plan quota exceeded"
 
 
 class LLMRequestError(StratusError):

@@ -19,6 +19,7 @@ the trace in the log and never in the response).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -26,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import flask
 from pydantic import BaseModel, ValidationError
@@ -43,7 +44,7 @@ from shared_layer.errors import (
     MissingCredentials,
     NotFound,
     PayloadTooLarge,
-    QuotaExceeded,
+    RateLimited,
     StratusError,
     Unauthorized,
     UnsupportedMediaType,
@@ -59,6 +60,9 @@ from shared_layer.logging_config import (
     request_log_fields,
 )
 from shared_layer.monitoring import api_call_monitor
+
+if TYPE_CHECKING:
+    from shared_layer.auth import TokenPayload
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ class ApiRequest:
     route: str
     max_body_bytes: int
     user_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
     _body: bytes | None = field(default=None, repr=False)
 
     @property
@@ -85,6 +90,16 @@ class ApiRequest:
         if self.user_id is None:  # a route without auth=True asked for the caller: a bug
             raise RuntimeError("route does not authenticate its caller")
         return self.user_id
+
+    @property
+    def caller_session(self) -> uuid.UUID:
+        if self.session_id is None:
+            raise RuntimeError("route does not authenticate its caller")
+        return self.session_id
+
+    @property
+    def client_ip(self) -> str:
+        return client_ip(self.raw)
 
     def body_bytes(self) -> bytes:
         if self._body is None:
@@ -290,7 +305,9 @@ class Router:
                     max_body_bytes=_max_body_bytes(),
                 )
                 if route.auth:
-                    api_request.user_id = call.user_id = authenticate(request)
+                    token = authenticate(request)
+                    api_request.user_id = call.user_id = token.user_id
+                    api_request.session_id = token.session_id
                 response = _to_response(route.handler(api_request))
             except StratusError as exc:
                 response = self._problem(exc, request)
@@ -339,7 +356,7 @@ class Router:
             log_security_event("auth_failed", path=request.path, reason=exc.detail)
         if isinstance(exc, MethodNotAllowed):
             headers["Allow"] = ", ".join(exc.allowed)
-        if isinstance(exc, QuotaExceeded):
+        if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(exc.retry_after)
         if exc.status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc.detail)
@@ -367,8 +384,34 @@ def bearer_token(request: flask.Request) -> str:
     return token.strip()
 
 
-def authenticate(request: flask.Request) -> uuid.UUID:
-    """The caller's user id from a bearer access token."""
+def authenticate(request: flask.Request) -> TokenPayload:
+    """The caller's checked access token: signed, unexpired, and its session still open and its
+    user active (`shared_layer.services.sessions.check_session`)."""
     from shared_layer.auth import verify_token
+    from shared_layer.services.sessions import check_session
 
-    return verify_token(bearer_token(request)).user_id
+    token = verify_token(bearer_token(request))
+    assert token.session_id is not None, "verify_token requires a session on access tokens"
+    check_session(user_id=token.user_id, session_id=token.session_id)
+    return token
+
+
+def client_ip(request: flask.Request) -> str:
+    """The caller's IP address. Behind `TRUSTED_PROXY_HOPS` proxies that each append the address
+    they received from to X-Forwarded-For (Cloud Run's front end is one), it is the entry the
+    outermost of them appended; entries to its left were written by the client and are never
+    trusted. Without such proxies (locally), or when the header is short, the socket's peer."""
+    hops = get_settings().trusted_proxy_hops
+    if hops:
+        forwarded = [
+            entry.strip()
+            for value in request.headers.getlist("X-Forwarded-For")
+            for entry in value.split(",")
+            if entry.strip()
+        ]
+        if len(forwarded) >= hops:
+            try:
+                return str(ipaddress.ip_address(forwarded[-hops]))
+            except ValueError:
+                pass
+    return request.remote_addr or "unknown"

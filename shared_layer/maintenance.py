@@ -1,4 +1,5 @@
-"""The scheduled run: `run_cleanup()` deletes expired metrics and reaps task leases, once.
+"""The scheduled run: `run_cleanup()` deletes expired metrics and throttle counters nobody has
+touched for their memory, and reaps task leases, once.
 
 What `metrics_cleanup` (Cloud Scheduler), `stratus cleanup` and the local stack's timer call.
 The whole run holds `exclusive_run` (shared_layer/run_lock.py): a second run started while one
@@ -23,6 +24,7 @@ from shared_layer.reaper import claim_stale_queued, reap_lapsed_leases, republis
 from shared_layer.retention import DeleteResult, delete_expired
 from shared_layer.run_lock import exclusive_run
 from shared_layer.schemas.monitoring import CleanupReport
+from shared_layer.throttle import delete_expired_counters
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ def run_cleanup(*, now: datetime | None = None) -> CleanupReport:
             )
             for table, days in retention
         ]
+        forgotten = delete_expired_counters(now=now)
         reaped = reap_lapsed_leases(now=now)
         stale = claim_stale_queued(
             now=now, older_than=timedelta(seconds=settings.task_republish_after_seconds)
@@ -64,6 +67,7 @@ def run_cleanup(*, now: datetime | None = None) -> CleanupReport:
     deleted = {
         table.name: result.deleted for (table, _), result in zip(retention, deletions, strict=True)
     }
+    deleted["throttle_counters"] = forgotten
     complete = all(d.complete for d in deletions)
     status: Status = "done" if complete else "partial"
     if complete and not any(deleted.values()) and not (reaped.requeued or reaped.failed or stale):
@@ -89,7 +93,7 @@ def _report(
     else:
         per_table = ", ".join(f"{name} {count}" for name, count in deleted.items())
         message = (
-            f"deleted {sum(deleted.values())} metric rows ({per_table}); "
+            f"deleted {sum(deleted.values())} rows past their retention ({per_table}); "
             f"requeued {len(requeued)} and failed {len(failed)} tasks whose lease lapsed; "
             f"republished {republished}"
         )

@@ -86,14 +86,35 @@ class User(TimestampMixin, Base):
     is_active: Mapped[bool] = mapped_column(default=True)
     is_admin: Mapped[bool] = mapped_column(default=False)
     email_verified_at: Mapped[datetime | None]
+    # The hash was made, before passwords were normalised (NFKC), from the password with its
+    # surrounding whitespace stripped: the next sign-in checks that form too, then rehashes.
+    password_legacy: Mapped[bool] = mapped_column(default=False)
 
     @property
     def email_verified(self) -> bool:
         return self.email_verified_at is not None
 
 
+class AuthSession(Base):
+    """One sign-in: its access tokens carry its id (`sid`) and its refresh tokens rotate within
+    it. Revoking it (logout, a reused refresh token) ends both."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    user_agent: Mapped[str | None] = mapped_column(String(400))
+    ip_address: Mapped[str | None] = mapped_column(String(45))
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))  # logout | refresh_reuse
+
+
 class RefreshToken(Base):
-    """An opaque refresh token, stored as its SHA-256; rotated on every use."""
+    """An opaque refresh token, stored as its SHA-256; rotated on every use within its session."""
 
     __tablename__ = "refresh_tokens"
 
@@ -102,10 +123,25 @@ class RefreshToken(Base):
         ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    family_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+
+class ThrottleCounter(Base):
+    """Attempts counted against one throttled key (`shared_layer.throttle`), when Redis is not
+    configured. The key names the limit and a digest of its subject (an address, an IP), never
+    the subject itself; a row past `expires_at` is forgotten and deleted by the cleanup job."""
+
+    __tablename__ = "throttle_counters"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    attempts: Mapped[int]
+    blocked_until: Mapped[datetime | None]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class AgentSystem(enum.StrEnum):

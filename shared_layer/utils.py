@@ -1,6 +1,6 @@
 """Small helpers (the seed's `utils`, kept to what the code calls and what is cheap and useful).
 
-Ids, text chunking, email syntax, dict merging, retries (tenacity) and the password rules
+Ids, text chunking, email syntax, dict merging, retries (tenacity), and the password rules
 that registration applies. Each does one thing; nothing here talks to a database or HTTP.
 """
 
@@ -10,10 +10,19 @@ import secrets
 import string
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
-from shared_layer.config import get_settings
+__all__ = [
+    "chunk_text",
+    "deep_merge",
+    "generate_short_id",
+    "generate_uuid",
+    "is_valid_email",
+    "password_problems",
+    "retry",
+    "truncate_text",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -120,14 +129,9 @@ def retry(
     return decorate
 
 
-def password_problems(password: str) -> list[str]:
-    """What makes a password too weak, in words; empty when it is acceptable."""
-    problems = []
-    minimum = get_settings().password_min_length
-    if len(password) < minimum:
-        problems.append(f"must be at least {minimum} characters")
-    if password.isalpha() or password.isdigit():
-        problems.append("must mix letters with digits or symbols")
-    if len(password.encode()) > 72:
-        problems.append("must be at most 72 bytes")
-    return problems
+def password_problems(password: str, *, user_inputs: Iterable[str | None] = ()) -> list[str]:
+    """What makes `password` unfit to set, in words; empty when it may be set
+    (`shared_layer.password_policy`, imported here on first use: it loads zxcvbn)."""
+    from shared_layer.password_policy import password_problems as problems
+
+    return problems(password, user_inputs=user_inputs)

@@ -35,6 +35,8 @@ BASE_ENV = {
     "MONITORING_BATCH_SIZE": "1",  # each API-call metric is written when its request ends
 }
 _UNSET = (
+    "REDIS_URL",
+    "TRUSTED_PROXY_HOPS",
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
     "SECRET_MANAGER_PROJECT",
@@ -74,9 +76,15 @@ def postgres_admin_url() -> Iterator[str | None]:
 def _reset_runtime() -> None:
     from shared_layer.config import reset_settings
     from shared_layer.database import reset_engine
+    from shared_layer.redis_client import reset_redis
+    from shared_layer.services.sessions import forget_checked_sessions
+    from shared_layer.throttle import reset_throttle
 
     reset_settings()
     reset_engine()
+    reset_throttle()
+    reset_redis()
+    forget_checked_sessions()
     try:
         from shared_layer.pubsub import reset_publisher
     except ImportError:  # pragma: no cover - before the publisher exists
@@ -339,14 +347,26 @@ def json_logs() -> Iterator[list[dict[str, Any]]]:
 USER_PASSWORD = "s3cret-pass-1"
 
 
+def bearer_for(user_id: uuid.UUID) -> str:
+    """ "Bearer <access token>" of a new session of an existing, active user, as a sign-in
+    would open it (in the database the test configured)."""
+    from shared_layer.services.accounts import get_active_user, start_session
+    from shared_layer.sql import transaction
+
+    with transaction() as db:
+        user = get_active_user(db, user_id=user_id)
+        pair = start_session(db, user=user, user_agent="pytest", ip_address="127.0.0.1")
+    return "Bearer " + pair.access_token
+
+
 @pytest.fixture
 def user_token() -> Callable[..., tuple[uuid.UUID, str]]:
-    """`user_token()` -> (user_id, "Bearer <access token>") for a new user.
+    """`user_token()` -> (user_id, "Bearer <access token>") for a new user, signed in.
 
     The user is created in the database the test configured (request `db` or `pg` too), with
     password `USER_PASSWORD`; pass `email=` to choose the address.
     """
-    from shared_layer.auth import create_access_token, hash_password
+    from shared_layer.auth import hash_password
     from shared_layer.database import session_scope
     from shared_layer.models import User
 
@@ -357,7 +377,7 @@ def user_token() -> Callable[..., tuple[uuid.UUID, str]]:
             session.add(user)
             session.flush()
             user_id = user.id
-        return user_id, "Bearer " + create_access_token(user_id=user_id, email=email)
+        return user_id, bearer_for(user_id)
 
     return make
 
@@ -452,3 +472,44 @@ def admin_token(
         return user_id, bearer
 
     return make
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str | None:
+    """A Redis to test against: `STRATUS_TEST_REDIS_URL`, by default the local server's
+    database 15; None (the Redis half is skipped) where none answers — except under `CI=true`,
+    where a missing Redis fails the run."""
+    url = os.environ.get("STRATUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is required under CI=true: {url} does not answer ({exc})")
+        return None
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture(params=["database", "redis"])
+def throttle_store(
+    request: pytest.FixtureRequest, redis_url: str | None, settings_env: Callable[..., None]
+) -> Iterator[str]:
+    """Where throttle counters live for this test: the database the test configured, or Redis
+    (`REDIS_URL` set, its test database emptied before and after)."""
+    if request.param == "database":
+        yield "database"
+        return
+    if redis_url is None:
+        pytest.skip("Redis is not available here (see tests/conftest.py); the database half ran")
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    settings_env(REDIS_URL=redis_url)
+    yield "redis"
+    client.flushdb()
+    client.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +217,58 @@ def test_the_head_revision_builds_exactly_the_schema_the_models_describe(fresh):
 
     assert differences == []
     assert set(inspect(fresh).get_table_names()) == {*Base.metadata.tables, "alembic_version"}
+
+
+def test_0003_makes_each_refresh_token_family_a_session_and_marks_old_hashes_legacy(fresh):
+    upgrade(fresh, "0002")
+    user, now = uuid.uuid4(), datetime.now(UTC)
+    live, reused = uuid.uuid4(), uuid.uuid4()
+    native = fresh.dialect.name == "postgresql"  # SQLite keeps UUIDs as 32 hex digits
+
+    def uid(value: uuid.UUID) -> object:
+        return value if native else value.hex
+
+    with fresh.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, email, password_hash, is_active, is_admin, created_at,"
+                " updated_at) VALUES (:id, 'old@example.com', 'h', true, false, :now, :now)"
+            ),
+            {"id": uid(user), "now": now},
+        )
+        for family, revoked in [(live, [now, None]), (reused, [now, now])]:
+            for i, revoked_at in enumerate(revoked):
+                conn.execute(
+                    text(
+                        "INSERT INTO refresh_tokens (id, user_id, token_hash, family_id,"
+                        " created_at, expires_at, revoked_at)"
+                        " VALUES (:id, :user, :hash, :family, :created, :expires, :revoked)"
+                    ),
+                    {
+                        "id": uid(uuid.uuid4()),
+                        "user": uid(user),
+                        "hash": uuid.uuid4().hex + uuid.uuid4().hex,
+                        "family": uid(family),
+                        "created": now + timedelta(minutes=i),
+                        "expires": now + timedelta(days=30),
+                        "revoked": revoked_at,
+                    },
+                )
+
+    upgrade(fresh, "0003")
+
+    with fresh.connect() as conn:
+        sessions = {
+            uuid.UUID(str(row.id)) if native else uuid.UUID(hex=row.id): row
+            for row in conn.execute(text("SELECT * FROM auth_sessions"))
+        }
+        legacy = conn.execute(text("SELECT password_legacy FROM users")).scalar_one()
+        families = set(
+            conn.execute(text("SELECT DISTINCT session_id FROM refresh_tokens")).scalars()
+        )
+    assert set(sessions) == {live, reused}
+    assert sessions[live].revoked_at is None
+    assert sessions[reused].revoked_at is not None
+    assert sessions[reused].revoked_reason == "refresh_reuse"
+    assert len(families) == 2
+    assert legacy in (True, 1)

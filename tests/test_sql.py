@@ -31,6 +31,7 @@ def _user_row(**overrides: object) -> dict[str, object]:
         "full_name": None,
         "is_active": True,
         "is_admin": False,
+        "password_legacy": False,
         "created_at": now,
         "updated_at": now,
     }

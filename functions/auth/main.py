@@ -1,4 +1,4 @@
-"""auth: register (with a welcome email), login (token issuance), refresh, me."""
+"""auth: register (with a welcome email), login (token issuance), refresh, logout, me."""
 
 from __future__ import annotations
 
@@ -45,9 +45,8 @@ def _send_welcome(user: UserPublic) -> None:
     """After the commit: the account exists whether or not the email can leave."""
     from shared_layer.services.email import EmailRequest, send_email  # only registration sends
 
-    context = {"name": user.full_name} if user.full_name else {}
     try:
-        send_email(EmailRequest(user.email, "welcome", context, user.id))
+        send_email(EmailRequest(user.email, "welcome", {}, user.id))
     except Exception:
         logger.exception("the welcome email to user %s could not be sent", user.id)
 
@@ -55,15 +54,25 @@ def _send_welcome(user: UserPublic) -> None:
 @router.route("POST", "/login")
 def login(req: ApiRequest) -> TokenPair:
     body = req.parse(LoginRequest)
-    user = accounts.authenticate_user(email=body.email, password=body.password)  # own transaction
+    ip = req.client_ip
+    user = accounts.authenticate_user(  # throttled; its own transaction
+        email=body.email, password=body.password, client_ip=ip
+    )
     with transaction() as db:
-        return accounts.issue_tokens(db, user=user)
+        return accounts.start_session(
+            db, user=user, user_agent=req.raw.headers.get("User-Agent"), ip_address=ip
+        )
 
 
 @router.route("POST", "/refresh")
 def refresh(req: ApiRequest) -> TokenPair:
     body = req.parse(RefreshRequest)
     return accounts.rotate_refresh_token(refresh_token=body.refresh_token)  # owns its transaction
+
+
+@router.route("POST", "/logout", auth=True)
+def logout(req: ApiRequest) -> None:
+    accounts.logout(user_id=req.caller, session_id=req.caller_session)
 
 
 @router.route("GET", "/me", auth=True)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from shared_layer.errors import Forbidden, NotFound
 from shared_layer.logging_config import log_security_event
 from shared_layer.models import User
-from shared_layer.services.accounts import normalize_email
+from shared_layer.services.users import normalize_email
 
 
 def require_admin(session: Session, *, user_id: uuid.UUID, action: str) -> User:

@@ -38,11 +38,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FINISH_COLUMNS = frozenset({"status", "error", "provider_message_id", "sent_at"})
+_ADDRESSEE_FIELDS = frozenset({"name", "email", "product"})
 
 
 @dataclass(frozen=True)
 class EmailRequest:
-    """An email a service wants sent once its transaction has committed."""
+    """An email a service wants sent once its transaction has committed. `context` fills the
+    template's own fields (a link, an amount); the addressee's name, address and the product's
+    name are filled in by `queue_email`."""
 
     to: str
     template: str
@@ -87,8 +90,14 @@ def queue_email(db: Db, *, request: EmailRequest) -> tuple[QueuedEmail, Rendered
     `sending` (SendGrid: the caller delivers it after commit)."""
     settings = get_settings()
     to = request.to.strip().lower()
-    defaults = {"product": settings.sendgrid_from_name, "name": to.partition("@")[0], "email": to}
-    rendered = render(request.template, {**defaults, **request.context})
+    if _ADDRESSEE_FIELDS & set(request.context):
+        raise ValueError("the addressee's name and address are filled in here, not by callers")
+    defaults = {
+        "product": settings.sendgrid_from_name,
+        "name": _greeting_name(db, to=to, user_id=request.user_id),
+        "email": to,
+    }
+    rendered = render(request.template, {**request.context, **defaults})
     backend = email_backend()
     reason = suppression_reason(db, email=to)
     status = "suppressed" if reason else ("outbox" if backend == "outbox" else "sending")
@@ -121,6 +130,20 @@ def queue_email(db: Db, *, request: EmailRequest) -> tuple[QueuedEmail, Rendered
             | ({} if settings.is_production else {"body": rendered.text}),
         )
     return QueuedEmail(message_id, to, backend, status), rendered
+
+
+def _greeting_name(db: Db, *, to: str, user_id: uuid.UUID | None) -> str:
+    """Whom the email greets: the account's name once its owner proved the address is theirs,
+    else the address itself. Anyone can register someone else's address with any text as the
+    name; until the address is verified, nothing the registrant typed reaches its inbox."""
+    if user_id is not None:
+        row = db.one(
+            "SELECT email, full_name, email_verified_at FROM users WHERE id = :id",
+            {"id": user_id},
+        )
+        if row and row["full_name"] and row["email_verified_at"] and row["email"] == to:
+            return str(row["full_name"])
+    return to.partition("@")[0]
 
 
 def send_email(request: EmailRequest) -> SentEmail:

@@ -10,10 +10,11 @@ from typing import Any
 from shared_layer.errors import Unauthorized
 from shared_layer.sql import Db, as_datetime, as_uuid
 
-__all__ = ["USER_COLUMNS", "UserRecord", "get_active_user", "user_from_row"]
+__all__ = ["USER_COLUMNS", "UserRecord", "get_active_user", "normalize_email", "user_from_row"]
 
 USER_COLUMNS = (
-    "id, email, password_hash, full_name, is_active, is_admin, email_verified_at, created_at"
+    "id, email, password_hash, full_name, is_active, is_admin, email_verified_at,"
+    " password_legacy, created_at"
 )
 
 
@@ -26,11 +27,17 @@ class UserRecord:
     is_active: bool
     is_admin: bool
     email_verified_at: datetime | None
+    password_legacy: bool
     created_at: datetime
 
     @property
     def email_verified(self) -> bool:
         return self.email_verified_at is not None
+
+
+def normalize_email(email: str) -> str:
+    """An address as stored and looked up: without surrounding whitespace, lower-cased."""
+    return email.strip().lower()
 
 
 def user_from_row(row: dict[str, Any]) -> UserRecord:
@@ -44,6 +51,7 @@ def user_from_row(row: dict[str, Any]) -> UserRecord:
         is_active=bool(row["is_active"]),
         is_admin=bool(row["is_admin"]),
         email_verified_at=None if verified is None else as_datetime(verified),
+        password_legacy=bool(row["password_legacy"]),
         created_at=as_datetime(row["created_at"]),
     )
 

@@ -200,7 +200,7 @@ def _health(stack: ExitStack, fx: Any) -> Probe:
 @probe("auth")
 def _auth(stack: ExitStack, fx: Any) -> Probe:
     headers, body = _json(
-        {"email": f"b-{uuid.uuid4().hex[:8]}@example.com", "password": "pw-12345678"}
+        {"email": f"b-{uuid.uuid4().hex[:8]}@example.com", "password": "bundle-probe-passphrase-1"}
     )
     return Probe("POST", "/register", headers=headers, body=body)
 
@@ -327,14 +327,9 @@ class Fixtures:
 
     @staticmethod
     def token_for(user_id: uuid.UUID) -> tuple[uuid.UUID, str]:
-        from shared_layer.auth import create_access_token
-        from shared_layer.database import session_scope
-        from shared_layer.models import User
+        from tests.conftest import bearer_for
 
-        with session_scope() as session:
-            user = session.get(User, user_id)
-            assert user is not None
-            return user_id, "Bearer " + create_access_token(user_id=user_id, email=user.email)
+        return user_id, bearer_for(user_id)
 
     @staticmethod
     def task_status(task_id: uuid.UUID) -> str:

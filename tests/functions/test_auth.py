@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -17,9 +18,13 @@ from typing import Any
 
 import jwt
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 
-from shared_layer.auth import create_email_verification_token, create_password_reset_token
+from shared_layer.auth import (
+    create_email_verification_token,
+    create_password_reset_token,
+    verify_password,
+)
 from shared_layer.database import session_scope
 from shared_layer.models import User
 from tests.conftest import BASE_ENV, table_counts
@@ -90,18 +95,44 @@ def test_register_an_existing_email_is_a_conflict(db, auth_client):
 @pytest.mark.parametrize(
     ("password", "reason"),
     [
-        ("short1!", "at least 8 characters"),
-        ("allletters", "mix letters with digits"),
+        ("password1", "at least 15 characters"),
+        ("Tr0ub4dor&3", "at least 15 characters"),  # strong, but short
+        ("password1password1", "too easy to guess"),  # common, repeated
+        ("qwertyuiopasdfghjkl", "too easy to guess"),  # a keyboard row
+        ("aaaaaaaaaaaaaaaaaaaa", "too easy to guess"),
+        ("ann.lee@example.com", "email address or name"),  # the user's own address
+        ("AnnLee-1990-01-01!!", "email address or name"),  # the name and a date
+        ("Ann-Lee-example-2024", "email address or name"),
         ("é" * 36 + "1", "at most 72 bytes"),  # 37 characters, 73 bytes
+        ("ﷺ" * 5, "at most 72 bytes"),  # 5 characters that NFKC makes 90: 162 bytes
     ],
 )
 def test_register_with_a_weak_password_names_the_field(db, auth_client, password, reason):
     before = table_counts(db)
 
-    body = assert_problem(register(auth_client, password=password), 400, fields={"password"})
+    response = auth_client.post(
+        "/register",
+        json={"email": "ann.lee@example.com", "full_name": "Ann Lee", "password": password},
+    )
 
+    body = assert_problem(response, 400, fields={"password"})
     assert reason in body["errors"][0]["message"]
     assert table_counts(db) == before
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["correct-horse-42 staple", "Correct horse battery staple", "Ünïcödé-passphrase-2026"],
+)
+def test_register_accepts_a_long_unguessable_password_with_no_composition_rules(
+    db, auth_client, password
+):
+    response = auth_client.post(
+        "/register",
+        json={"email": "ann.lee@example.com", "full_name": "Ann Lee", "password": password},
+    )
+
+    assert response.status_code == 201, response.get_data(as_text=True)
 
 
 def test_login_returns_a_bearer_token_pair(db, auth_client):
@@ -387,9 +418,20 @@ def test_me_with_a_refresh_token_as_bearer_is_401(db, auth_client):
 
 
 def test_me_for_a_user_that_no_longer_exists_is_401(db, auth_client):
-    response = auth_client.get("/me", headers=bearer(forged()))  # valid token, no such user
+    register(auth_client)
+    access = login(auth_client).get_json()["access_token"]
+    with session_scope() as session:
+        session.execute(delete(User))
+
+    response = auth_client.get("/me", headers=bearer(access))  # valid token, no such user
 
     assert "no longer exists" in assert_problem(response, 401)["detail"]
+
+
+def test_a_token_that_names_no_session_is_401(unchanged, auth_client):
+    response = auth_client.get("/me", headers=bearer(forged()))  # signed, but no `sid`
+
+    assert "session" in assert_problem(response, 401)["detail"]
 
 
 # -- concurrency ----------------------------------------------------------------------------
@@ -523,3 +565,115 @@ def test_auth_serves_register_login_refresh_and_me_without_importing_sqlalchemy(
             ("/me", 200),
         ]
     assert served.loaded(ORM) == []
+
+
+# -- passwords as typed, normalised; hashes made before still verify --------------------------
+
+NFC = "Ünïcödé-passphrase-2026"
+FULL_WIDTH = "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c for c in "Full-width-pass-2026")
+
+
+@pytest.mark.parametrize(
+    ("registered", "typed", "status"),
+    [
+        ("  Correct horse battery staple  ", "  Correct horse battery staple  ", 200),
+        ("  Correct horse battery staple  ", "Correct horse battery staple", 401),  # as typed
+        (NFC, unicodedata.normalize("NFD", NFC), 200),  # one "ü" composed, the other not
+        (FULL_WIDTH, "Full-width-pass-2026", 200),  # NFKC: each full-width letter is its ASCII
+    ],
+)
+def test_passwords_are_taken_as_typed_and_normalised(db, auth_client, registered, typed, status):
+    assert register(auth_client, password=registered).status_code == 201
+
+    assert login(auth_client, password=typed).status_code == status
+
+
+def _legacy_user(password_as_stored: str) -> None:
+    """A user as registration stored them before passwords were normalised: bcrypt of the
+    password stripped of surrounding whitespace, marked legacy by the migration."""
+    with session_scope() as session:
+        session.add(
+            User(
+                email="old@example.com",
+                password_hash=bcrypt_hash(password_as_stored),
+                password_legacy=True,
+            )
+        )
+
+
+def bcrypt_hash(text: str) -> str:
+    import bcrypt
+
+    return bcrypt.hashpw(text.encode(), bcrypt.gensalt(4)).decode()
+
+
+def stored_user(email: str = "old@example.com") -> User:
+    with session_scope() as session:
+        user = session.scalars(select(User).where(User.email == email)).one()
+        session.expunge(user)
+        return user
+
+
+def test_a_legacy_hash_of_a_stripped_password_still_verifies_and_is_rehashed(db, auth_client):
+    typed = "  legacy Pässwort with spaces  "
+    _legacy_user(typed.strip())  # what the old API hashed
+    before = stored_user().password_hash
+
+    first = login(auth_client, email="old@example.com", password=typed)
+
+    assert first.status_code == 200, first.get_data(as_text=True)
+    upgraded = stored_user()
+    assert not upgraded.password_legacy
+    assert upgraded.password_hash != before
+    assert verify_password(typed, upgraded.password_hash)  # now the typed, normalised form
+    assert login(auth_client, email="old@example.com", password=typed).status_code == 200
+    # the stripped form was only ever the legacy hash's: it is not the password any more
+    assert login(auth_client, email="old@example.com", password=typed.strip()).status_code == 401
+
+
+def test_a_legacy_hash_that_already_holds_the_typed_form_only_loses_its_mark(db, auth_client):
+    _legacy_user("plain-legacy-password-1")
+    before = stored_user().password_hash
+
+    answer = login(auth_client, email="old@example.com", password="plain-legacy-password-1")
+
+    assert answer.status_code == 200
+
+    after = stored_user()
+    assert (after.password_legacy, after.password_hash) == (False, before)
+
+
+def test_the_legacy_check_costs_the_same_for_every_account(db, auth_client, monkeypatch):
+    """A padded password costs two bcrypt checks whether the account is legacy, new, or
+    unknown: the time of a failure says nothing about the account."""
+    import bcrypt as bcrypt_module
+
+    _legacy_user("old-password-value-1")
+    register(auth_client, email="new@example.com")
+    checks: list[bytes] = []
+    real = bcrypt_module.checkpw
+    monkeypatch.setattr(
+        bcrypt_module, "checkpw", lambda pw, hashed: checks.append(pw) or real(pw, hashed)
+    )
+    counts = []
+    for email in ("old@example.com", "new@example.com", "nobody@example.com"):
+        checks.clear()
+        assert login(auth_client, email=email, password=" wrong-but-padded ").status_code == 401
+        counts.append(len(checks))
+        checks.clear()
+        assert login(auth_client, email=email, password="wrong-not-padded").status_code == 401
+        counts.append(len(checks))
+
+    assert counts == [2, 1, 2, 1, 2, 1]
+
+
+@pytest.mark.parametrize("email", ["not-an-address", "ann@", "@example.com", "a" * 320])
+def test_login_with_an_address_that_could_not_be_registered_is_an_ordinary_401(
+    db, auth_client, email
+):
+    register(auth_client)
+
+    unknown = assert_problem(login(auth_client, email="bob@example.com"), 401)
+    invalid = assert_problem(login(auth_client, email=email), 401)
+
+    assert invalid["detail"] == unknown["detail"]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from datetime import timedelta
 
@@ -15,7 +16,14 @@ from sqlalchemy import func, select, update
 
 from shared_layer.database import session_scope
 from shared_layer.maintenance import LOCK_NAME
-from shared_layer.models import ApiCallMetric, Task, TaskMetric, TaskStatus, utcnow
+from shared_layer.models import (
+    ApiCallMetric,
+    Task,
+    TaskMetric,
+    TaskStatus,
+    ThrottleCounter,
+    utcnow,
+)
 from shared_layer.run_lock import exclusive_run
 from tests.conftest import FUNCTIONS, ROOT, SCHEDULER_AUDIENCE, SCHEDULER_EMAIL, table_counts
 
@@ -72,9 +80,9 @@ def test_scheduler_token_runs_the_cleanup_and_reports_rows_deleted_per_table(
     assert r.status_code == 200, r.get_data(as_text=True)
     body = r.json
     assert body["status"] == "done"
-    assert body["deleted"] == {"api_call_metrics": 2, "task_metrics": 2}
+    assert body["deleted"] == {"api_call_metrics": 2, "task_metrics": 2, "throttle_counters": 0}
     assert body["batches"] >= 2
-    assert "deleted 4 metric rows" in body["message"]
+    assert "deleted 4 rows past their retention" in body["message"]
     api_left, tasks_left = _counts()
     assert tasks_left == 1
     assert api_left == 1 + 1  # the young row, and this very request's own metric
@@ -86,8 +94,24 @@ def test_cleanup_with_nothing_to_do_says_so(db, client, scheduler_identity):
     assert r.status_code == 200
     assert r.json["status"] == "nothing_to_do"
     assert r.json["message"].startswith("nothing to delete or reap")
-    assert r.json["deleted"] == {"api_call_metrics": 0, "task_metrics": 0}
+    assert r.json["deleted"] == {"api_call_metrics": 0, "task_metrics": 0, "throttle_counters": 0}
     assert (r.json["requeued"], r.json["failed"], r.json["republished"]) == (0, 0, 0)
+
+
+def test_cleanup_deletes_the_throttle_counters_past_their_memory(db, client, scheduler_identity):
+    from shared_layer.throttle import Key, Limit, get_throttle
+
+    brief = Limit("brief", free=5, cap_seconds=1, forget_seconds=0.2)
+    get_throttle().attempt(Key(brief, "gone"))
+    time.sleep(0.3)
+    get_throttle().attempt(Key(brief, "kept"))
+
+    r = client("metrics_cleanup").post("/", headers=_bearer(scheduler_identity.token()))
+
+    assert r.json["deleted"]["throttle_counters"] == 1
+    with session_scope() as session:
+        [kept] = session.scalars(select(ThrottleCounter.key)).all()
+    assert kept == Key(brief, "kept").id
 
 
 @pytest.mark.parametrize(

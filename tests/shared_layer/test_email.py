@@ -4,6 +4,8 @@ suppression list, failures, and the welcome email that registration sends."""
 from __future__ import annotations
 
 import logging
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
@@ -69,7 +71,7 @@ def test_without_sendgrid_an_email_goes_to_the_local_outbox_table_and_log(db, js
     caplog.set_level(logging.INFO, logger="shared_layer.services.email")
     assert email_backend() == "outbox"
 
-    sent = send_email(EmailRequest("Ann@Example.com", "welcome", {"name": "Ann"}))
+    sent = send_email(EmailRequest("Ann@Example.com", "welcome"))
 
     assert sent.status == "outbox"
     [stored] = messages()
@@ -79,10 +81,53 @@ def test_without_sendgrid_an_email_goes_to_the_local_outbox_table_and_log(db, js
         "outbox",
     )
     assert stored.subject == "Welcome to Stratus"
-    assert "Hello Ann," in stored.body_text
+    assert "Hello ann," in stored.body_text
     line = next(entry for entry in json_logs if entry.get("email_id") == str(stored.id))
     assert line["to"] == "ann@example.com"
-    assert "Hello Ann," in line["body"]
+    assert "Hello ann," in line["body"]
+
+
+PHISHING = "Your account is locked: sign in at https://stratus-login.example.net now"
+
+
+def _user(email: str, *, verified: bool) -> uuid.UUID:
+    with session_scope() as session:
+        user = User(
+            email=email,
+            password_hash="x",
+            full_name=PHISHING,
+            email_verified_at=datetime.now(UTC) if verified else None,
+        )
+        session.add(user)
+        session.flush()
+        return user.id
+
+
+def test_an_unverified_address_gets_no_text_its_registrant_typed(db):
+    """Anyone can register someone else's address, with a phishing text as the name: until
+    the address is verified, the emails to it greet the address, not the name."""
+    user_id = _user("victim@example.com", verified=False)
+
+    send_email(EmailRequest("victim@example.com", "welcome", user_id=user_id))
+
+    [stored] = messages()
+    assert "https://" not in stored.body_text
+    assert PHISHING not in stored.subject + stored.body_text
+    assert "Hello victim," in stored.body_text
+
+
+def test_a_verified_address_is_greeted_by_the_accounts_name(db):
+    user_id = _user("owner@example.com", verified=True)
+
+    send_email(EmailRequest("owner@example.com", "welcome", user_id=user_id))
+
+    assert f"Hello {PHISHING}," in messages()[0].body_text  # their own name, for themselves
+
+
+def test_callers_cannot_put_a_name_into_an_email(db):
+    with pytest.raises(ValueError, match="addressee"):
+        send_email(EmailRequest("ann@example.com", "welcome", {"name": "Ann"}))
+    assert messages() == []
 
 
 def test_email_backend_auto_picks_sendgrid_when_a_key_is_set(settings_env):
@@ -100,7 +145,7 @@ def test_sendgrid_gets_the_documented_mail_send_request_and_its_message_id_is_ke
 ):
     settings_env(SENDGRID_FROM_EMAIL="hello@stratus.example", SENDGRID_FROM_NAME="Stratus Co")
 
-    sent = send_email(EmailRequest("bob@example.com", "welcome", {"name": "Bob"}))
+    sent = send_email(EmailRequest("bob@example.com", "welcome"))
 
     assert sent.status == "sent"
     [mail] = fake_sendgrid.sent
@@ -162,21 +207,22 @@ def test_a_refused_key_is_permanent_and_not_retried(db, fake_sendgrid, settings_
 def test_registration_sends_a_welcome_email_to_the_outbox(db, client):
     response = client("auth").post(
         "/register",
-        json={"email": "new@example.com", "password": "s3cret-pass-1", "full_name": "Nia"},
+        json={"email": "new@example.com", "password": "s3cret-pass-phrase-1", "full_name": "Nia"},
     )
 
     assert response.status_code == 201
     [stored] = messages()
     assert (stored.to_email, stored.template) == ("new@example.com", "welcome")
     assert str(stored.user_id) == response.json["id"]
-    assert "Hello Nia," in stored.body_text
+    assert "Hello new," in stored.body_text  # not "Nia": the address is not verified yet
+    assert "Nia" not in stored.body_text
 
 
 def test_registration_succeeds_when_the_welcome_email_cannot_be_sent(db, client, fake_sendgrid):
     fake_sendgrid.fail_next(500, times=3)
 
     response = client("auth").post(
-        "/register", json={"email": "new@example.com", "password": "s3cret-pass-1"}
+        "/register", json={"email": "new@example.com", "password": "s3cret-pass-phrase-1"}
     )
 
     assert response.status_code == 201
