@@ -60,12 +60,10 @@ class Store(Protocol):
         """Count one attempt on every key and return 0, unless one is waiting at `now`: then
         count nothing and return the seconds until the longest wait ends."""
 
-    def give_back(self, keys: Sequence[Key], now: datetime) -> None:
-        """Uncount one attempt on each key (a success is not a failure), and lift the wait that
-        counting it imposed (an earlier one had ended, or the attempt would not have passed)."""
-
-    def forget(self, keys: Sequence[Key]) -> None:
-        """Drop the keys' counters."""
+    def settle(self, *, give_back: Sequence[Key], forget: Sequence[Key], now: datetime) -> None:
+        """After a success: drop the `forget` keys' counters; on the `give_back` keys uncount
+        the attempt (a success is not a failure) and lift the wait counting it imposed (an
+        earlier one had ended, or the attempt would not have passed)."""
 
 
 @dataclass
@@ -79,8 +77,11 @@ class Attempt:
         """The attempt succeeded: the keys of the `forget` limits start over (e.g. the account
         just signed in), the others only give this attempt back (e.g. its IP)."""
         dropped = set(forget)
-        self.store.forget([k for k in self.keys if k.limit in dropped])
-        self.store.give_back([k for k in self.keys if k.limit not in dropped], datetime.now(UTC))
+        self.store.settle(
+            give_back=[k for k in self.keys if k.limit not in dropped],
+            forget=[k for k in self.keys if k.limit in dropped],
+            now=datetime.now(UTC),
+        )
 
 
 class Throttle:

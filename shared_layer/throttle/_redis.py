@@ -44,10 +44,12 @@ end
 return '0'
 """
 
-# KEYS: the counters.
-_GIVE_BACK = """
-for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then
+# KEYS: the counters; ARGV[1]: how many of them, first, to forget; the rest are given back.
+_SETTLE = """
+for i, key in ipairs(KEYS) do
+  if i <= tonumber(ARGV[1]) then
+    redis.call('DEL', key)
+  elseif redis.call('EXISTS', key) == 1 then
     local attempts = redis.call('HINCRBY', key, 'attempts', -1)
     if attempts < 0 then redis.call('HSET', key, 'attempts', 0) end
     redis.call('HDEL', key, 'blocked_until')
@@ -61,8 +63,7 @@ class RedisStore:
     def __init__(self) -> None:
         client = get_redis()
         self._take = client.register_script(_TAKE)
-        self._give_back = client.register_script(_GIVE_BACK)
-        self._client = client
+        self._settle = client.register_script(_SETTLE)
 
     def _run(self, call: Any) -> Any:
         try:
@@ -82,11 +83,7 @@ class RedisStore:
         names = [PREFIX + key.id for key in keys]
         return float(self._run(lambda: self._take(keys=names, args=args)))
 
-    def give_back(self, keys: Sequence[Key], now: datetime) -> None:
-        if keys:
-            names = [PREFIX + key.id for key in keys]
-            self._run(lambda: self._give_back(keys=names))
-
-    def forget(self, keys: Sequence[Key]) -> None:
-        if keys:
-            self._run(lambda: self._client.delete(*[PREFIX + key.id for key in keys]))
+    def settle(self, *, give_back: Sequence[Key], forget: Sequence[Key], now: datetime) -> None:
+        if give_back or forget:
+            names = [PREFIX + key.id for key in [*forget, *give_back]]
+            self._run(lambda: self._settle(keys=names, args=[len(forget)]))

@@ -1,8 +1,9 @@
 """Counters in the database (`throttle_counters`): the store when `REDIS_URL` is not set.
 
 `take` is one short transaction: an upsert that locks the keys' rows (inserting the missing
-ones) and returns them, then one UPDATE per key. Keys come sorted, so concurrent attempts lock
-rows in one order and wait for each other instead of deadlocking.
+ones) and returns them, then an UPDATE per key that counts the attempt. Keys come sorted, so
+concurrent attempts lock rows in one order and wait for each other instead of deadlocking.
+`settle`, after the guarded work succeeded, is one more.
 """
 
 from __future__ import annotations
@@ -20,11 +21,8 @@ class SqlStore:
     def take(self, keys: Sequence[Key], now: datetime) -> float:
         if not keys:
             return 0.0
-        params: dict[str, object] = {"now": now}
-        values = []
-        for i, key in enumerate(keys):
-            params[f"k{i}"] = key.id
-            values.append(f"(:k{i}, 0, NULL, :now)")
+        params: dict[str, object] = {"now": now, **_names(keys)}
+        values = [f"(:k{i}, 0, NULL, :now)" for i in range(len(keys))]
         with transaction() as db:
             rows = db.all(
                 "INSERT INTO throttle_counters (key, attempts, blocked_until, expires_at)"  # noqa: S608 - placeholders only
@@ -62,29 +60,31 @@ class SqlStore:
                 )
         return 0.0
 
-    def give_back(self, keys: Sequence[Key], now: datetime) -> None:
-        if not keys:
+    def settle(self, *, give_back: Sequence[Key], forget: Sequence[Key], now: datetime) -> None:
+        if not (give_back or forget):
             return
         with transaction() as db:
-            for key in keys:
+            if forget:
                 db.execute(
-                    "UPDATE throttle_counters SET"
+                    f"DELETE FROM throttle_counters WHERE key IN ({_placeholders(len(forget))})",  # noqa: S608
+                    _names(forget),
+                )
+            if give_back:
+                db.execute(
+                    "UPDATE throttle_counters SET"  # noqa: S608 - placeholders only
                     " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
                     " blocked_until = NULL"
-                    " WHERE key = :key AND expires_at > :now",
-                    {"key": key.id, "now": now},
+                    f" WHERE key IN ({_placeholders(len(give_back))}) AND expires_at > :now",
+                    {**_names(give_back), "now": now},
                 )
 
-    def forget(self, keys: Sequence[Key]) -> None:
-        if not keys:
-            return
-        names = {f"k{i}": key.id for i, key in enumerate(keys)}
-        with transaction() as db:
-            db.execute(
-                "DELETE FROM throttle_counters"  # noqa: S608 - placeholders only
-                f" WHERE key IN ({', '.join(':' + name for name in names)})",
-                names,
-            )
+
+def _placeholders(count: int) -> str:
+    return ", ".join(f":k{i}" for i in range(count))
+
+
+def _names(keys: Sequence[Key]) -> dict[str, object]:
+    return {f"k{i}": key.id for i, key in enumerate(keys)}
 
 
 def delete_expired_counters(*, now: datetime) -> int:
