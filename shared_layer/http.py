@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import flask
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import Map, Rule
@@ -67,6 +68,8 @@ Reply = BaseModel | list[Any] | dict[str, Any] | tuple[Any, int] | flask.Respons
 Handler = Callable[["ApiRequest"], Reply]
 
 _TEMPLATE_PARAM = re.compile(r"\{(\w+)\}")
+# How deep pydantic's JSON parser (jiter) reads arrays and objects nested in each other.
+JSON_MAX_DEPTH = 200
 
 
 @dataclass
@@ -144,24 +147,33 @@ def _max_body_bytes() -> int:
 
 
 def parse_json(data: bytes) -> Any:
-    """`data` as JSON, or a 400 saying where it is malformed (webhooks call this on the raw
-    body they have just verified)."""
+    """`data` as JSON, or a 400 saying what is wrong with it (webhooks call this on the raw body
+    they have just verified).
+
+    Read by pydantic's parser (jiter), not `json.loads`: it stops at `JSON_MAX_DEPTH` levels of
+    nesting where `json.loads` recurses until Python's stack gives out, and it refuses what
+    JSON does not have and what no text column can hold: `NaN` and `Infinity` (PostgreSQL's
+    json refuses them too), invalid UTF-8 and lone surrogate escapes."""
     try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return from_json(data, allow_inf_nan=False)
+    except ValueError as exc:
+        if str(exc).startswith("recursion limit exceeded"):
+            raise InvalidInput(
+                f"the body is nested too deeply: JSON is read up to {JSON_MAX_DEPTH} levels of "
+                f"arrays and objects ({exc})"
+            ) from None
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
 
 
 def parse_json_as(model: type[M], data: bytes, *, where: str) -> M:
-    """`data` parsed and validated as `model` in one pass (pydantic's own parser; webhooks call
-    this on the raw body they have just verified): a 400 saying where it is malformed, or
-    which fields are invalid, as `parse_json` and `invalid_input_from` would."""
+    """`data` parsed by `parse_json` and validated as `model` (webhooks call this on the raw
+    body they have just verified): a 400 saying what is wrong with the JSON, or which fields
+    are invalid, as `parse_json` and `invalid_input_from` would. Not `model_validate_json`:
+    its parser takes `NaN`, which a body stored as it came must not hold."""
+    payload = parse_json(data)
     try:
-        return model.model_validate_json(data)
+        return model.model_validate(payload)
     except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            if error["type"] == "json_invalid":
-                raise InvalidInput(f"the body is not valid JSON: {error['msg']}") from None
         raise invalid_input_from(exc, where=where) from None
 
 

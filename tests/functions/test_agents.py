@@ -427,7 +427,7 @@ BODY_CASES = [
     ("create", b'{"name": "a", "colour": "red"}', "application/json", 400, ["colour"]),
     ("create", b'{"name": "a", "temperature": "0.5"}', "application/json", 400, ["temperature"]),
     ("create", b'{"name": "a", "temperature": 2.5}', "application/json", 400, ["temperature"]),
-    ("create", b'{"name": "a", "temperature": NaN}', "application/json", 400, ["temperature"]),
+    ("create", b'{"name": "a", "temperature": NaN}', "application/json", 400, ["not valid json"]),
     ("create", b'{"name": "a", "max_tokens": "10"}', "application/json", 400, ["max_tokens"]),
     ("create", b'{"name": "a", "max_tokens": 0}', "application/json", 400, ["max_tokens"]),
     ("create", b'{"name": "a", "timeout_seconds": 3601}', "application/json", 400, ["timeout"]),

@@ -132,8 +132,14 @@ def test_a_missing_signature_header_is_refused(db, hook):
         json.dumps({"id": "evt_1", "object": "charge", "type": "x", "created": T0, "data": {}}),
         json.dumps(event("customer.subscription.updated", {"id": "sub_1", "customer": "cus_x"})),
         json.dumps(event("invoice.paid", {"id": "in_1", "customer": "cus_x", "currency": "usd"})),
+        json.dumps(event("payment_intent.succeeded", {"id": "pi_1", "amount": 1.5})).replace(
+            "1.5", "NaN"
+        ),
     ],
-    ids=["not-json", "array", "no-id", "bad-created", "not-an-event", "sub-no-status", "no-amount"],
+    ids=[
+        *("not-json", "array", "no-id", "bad-created", "not-an-event", "sub-no-status"),
+        *("no-amount", "nan-stored-as-it-came"),
+    ],
 )
 def test_a_signed_body_that_is_not_a_usable_stripe_event_is_a_400_and_writes_nothing(
     db, hook, user_token, body

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from shared_layer.config import ConfigError
 from shared_layer.errors import InvalidInput
-from shared_layer.http import ApiRequest, Router, parse_json_as
+from shared_layer.http import ApiRequest, Router, parse_json, parse_json_as
 
 REFUSED = {"STRATUS_ENV": "production", "JWT_SECRET": "change-me", "LLM_PROVIDER": "offline"}
 
@@ -74,3 +74,24 @@ def test_parse_json_as_says_where_the_json_is_malformed_or_which_fields_are_inva
     with pytest.raises(InvalidInput, match="invalid event: created") as refused:
         parse_json_as(_Event, b'{"id": "e", "created": "soon"}', where="event")
     assert [e["field"] for e in refused.value.errors] == ["created"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"id": "e", "created": 1, "extra": ' + b"[" * 300 + b"]" * 300 + b"}",
+        b'{"id": "e", "created": 1, "extra": NaN}',
+        b'{"id": "e", "created": 1, "extra": [-Infinity]}',
+        b'{"id": "e\\ud800", "created": 1}',
+        b'{"id": "\xff", "created": 1}',
+    ],
+    ids=["deep", "deep-in-a-field", "nan", "infinity", "lone-surrogate", "not-utf-8"],
+)
+def test_parse_json_and_parse_json_as_refuse_the_same_bodies_alike(body):
+    """The webhooks' one-pass parse and every other route's parse read JSON the same way."""
+    with pytest.raises(InvalidInput) as plain:
+        parse_json(body)
+    with pytest.raises(InvalidInput) as as_model:
+        parse_json_as(_Event, body, where="event")
+    assert as_model.value.detail == plain.value.detail
