@@ -220,12 +220,54 @@ def framework_problem(exc: HTTPException) -> flask.Response:
     return problem_response(problem_for(error, instance=flask.request.path))
 
 
-def answer_framework_errors_with_problems() -> None:
-    """Make functions-framework's own refusals (/favicon.ico, a body that is not a CloudEvent,
-    a wrong method on an event function) problems instead of HTML pages; called while it
-    loads a function's main.py, inside the app context of the app it is building."""
-    if flask.has_app_context():
-        flask.current_app.register_error_handler(HTTPException, framework_problem)
+def framework_crash_problem(exc: HTTPException) -> flask.Response:
+    """A problem+json 500 in place of functions-framework's `crash_handler`, whose text body is
+    `str(e)`: it says nothing of the cause. Flask has logged the exception with its trace
+    already (`Flask.log_exception`); the `X-Google-Status: crash` header is kept, as the
+    platform logs a crash by it."""
+    response = problem_response(internal_problem(instance=flask.request.path))
+    response.headers["X-Google-Status"] = "crash"
+    return response
+
+
+def refuse_unreadable_json_bodies() -> flask.Response | None:
+    """Before functions-framework reads a CloudEvent: `cloudevents.http.from_http` reads a body
+    with `json.loads`, which takes `NaN`, fails on bytes that are not UTF-8 and recurses until
+    a deeply nested body exhausts the stack (each an HTML 500). So a body must be what
+    `parse_json` reads, else a 400 saying why; only the data of a binary-mode event (its
+    attributes in `ce-*` headers) may be opaque, when it is not declared JSON and holds no more
+    brackets than `parse_json` nests (`json.loads` is tried on it too)."""
+    from cloudevents.sdk.converters import is_binary
+
+    request = flask.request
+    if request.routing_exception is not None:  # not served (a 405): nothing will read it
+        return None
+    data = request.get_data()
+    mimetype = request.mimetype
+    declared_json = mimetype == "application/json" or mimetype.endswith("+json")
+    opaque = is_binary(dict(request.headers)) and not declared_json
+    if opaque and data.count(b"[") + data.count(b"{") <= JSON_MAX_DEPTH:
+        return None
+    try:
+        parse_json(data)
+    except InvalidInput as exc:
+        return problem_response(problem_for(exc, instance=request.path))
+    return None
+
+
+def answer_framework_errors_with_problems(*, cloud_events: bool = False) -> None:
+    """Make every answer functions-framework gives itself a problem: its refusals
+    (/favicon.ico, a body that is not a CloudEvent, a wrong method on an event function)
+    instead of HTML pages, and its 500 instead of the exception's text; for a CloudEvent
+    function (`cloud_events`), also a JSON body its parser would fail on. Called while it loads
+    a function's main.py, inside the app context of the app it is building."""
+    if not flask.has_app_context():
+        return
+    app = flask.current_app
+    app.register_error_handler(HTTPException, framework_problem)
+    app.register_error_handler(500, framework_crash_problem)
+    if cloud_events:
+        app.before_request(refuse_unreadable_json_bodies)
 
 
 def json_response(body: Any, status: int = 200) -> flask.Response:

@@ -9,6 +9,8 @@ from pydantic import BaseModel
 from shared_layer.config import ConfigError
 from shared_layer.errors import InvalidInput
 from shared_layer.http import ApiRequest, Router, parse_json, parse_json_as
+from tests.conftest import function_app
+from tests.support.problems import assert_problem
 
 REFUSED = {"STRATUS_ENV": "production", "JWT_SECRET": "change-me", "LLM_PROVIDER": "offline"}
 
@@ -58,6 +60,21 @@ def test_paths_functions_framework_answers_itself_are_problems_too(db, client, p
     assert r.status_code == 404
     assert r.mimetype == "application/problem+json"
     assert r.json["detail"] == f"no route {path}"
+
+
+def test_an_exception_that_escapes_the_router_is_a_500_problem_saying_nothing_of_it(json_logs):
+    """What functions-framework's `crash_handler` answered as text (`str(e)`) is a problem."""
+    app = function_app("auth")
+    with app.test_request_context("/register", method="POST"):
+        try:
+            raise RuntimeError("the secret cause")
+        except RuntimeError as exc:
+            response = app.handle_exception(exc)
+
+    problem = assert_problem(response, 500, never=["the secret cause", "RuntimeError"])
+    assert problem["type"] == "https://stratus.dev/problems/internal"
+    assert response.headers["X-Google-Status"] == "crash"  # the platform logs a crash by it
+    assert any("the secret cause" in line.get("stack_trace", "") for line in json_logs)
 
 
 class _Event(BaseModel):
