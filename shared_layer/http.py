@@ -122,8 +122,10 @@ class ApiRequest:
             raise invalid_input_from(exc, where="body") from None
 
     def query(self, model: type[M]) -> M:
+        """The query string validated against `model` as text (pydantic's strings mode: an
+        integer parameter is read as the JSON number it spells); 400 naming each parameter."""
         try:
-            return model.model_validate(self.raw.args.to_dict())
+            return model.model_validate_strings(self.raw.args.to_dict())
         except ValidationError as exc:
             raise invalid_input_from(exc, where="query") from None
 

@@ -23,7 +23,7 @@ Password = Annotated[str, Field(min_length=1, max_length=72), AfterValidator(_st
 # An EmailStr field is built with email-validator, whose import compiles large regular
 # expressions (~14 ms): the bodies with one are built on first use, so a function that imports
 # this module for `TokenPair` or `UserPublic` (agents, through services.accounts) never pays it.
-_EMAIL_BODY = ConfigDict(defer_build=True)
+_EMAIL_BODY = ConfigDict(defer_build=True, str_strip_whitespace=True)
 
 
 class UserCreate(StrictBody):
@@ -42,6 +42,8 @@ class LoginRequest(StrictBody):
 
 
 class RefreshRequest(StrictBody):
+    model_config = ConfigDict(str_strip_whitespace=True)
+
     refresh_token: str = Field(min_length=1, max_length=200)
 
 

@@ -1,25 +1,105 @@
-"""Pieces every body shares."""
+"""Pieces every body and query shares: the strict base models and the value types whose
+documented schema (docs/openapi.yaml) is exactly what they check.
+
+Strings are taken as typed (no trimming: a limit or pattern counts what was sent) and none
+may hold NUL (U+0000), which no PostgreSQL text can; integers are JSON Schema's (a number
+with a zero fraction, `207.0`, is one; a string or a boolean is not).
+"""
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError, from_json
 
 T = TypeVar("T")
 
 
-class StrictBody(BaseModel):
-    """A request body: unknown fields are errors, so a typo is not silently ignored."""
+def nul_at(value: Any, path: str = "") -> str | None:
+    """Where in `value` (strings, and the lists and dicts holding them) a NUL character is, as
+    a dotted path (`""`: the value itself); None if nowhere."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = nul_at(key, _join(path, key)) if isinstance(key, str) else None
+            found = found if found is not None else nul_at(item, _join(path, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            found = nul_at(item, _join(path, index))
+            if found is not None:
+                return found
+    return None
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
 
 
-class PageQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _refuse_nul(value: Any) -> Any:
+    where = nul_at(value)
+    if where is not None:
+        at = f" (at {where})" if where else ""
+        raise PydanticCustomError(
+            "string_nul", "must not contain NUL (U+0000) characters{at}", {"at": at}
+        )
+    return value
 
-    limit: int = Field(20, ge=1, le=100)
-    offset: int = Field(0, ge=0, le=1_000_000)
+
+def _json_integer(value: Any, info: ValidationInfo) -> Any:
+    """A JSON number with a zero fraction as the int it is; a query parameter (text) read as
+    the JSON number it spells first. Anything else is left to `StrictInt` to refuse."""
+    mode: str = info.mode  # "string" under model_validate_strings, which the stubs omit
+    if mode == "string" and isinstance(value, str):
+        try:
+            value = from_json(value, allow_inf_nan=False)
+        except ValueError:
+            return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# JSON Schema's integer, in a body or a query.
+Integer = Annotated[StrictInt, BeforeValidator(_json_integer)]
+
+
+class StrictInput(BaseModel):
+    """What a caller sends: unknown fields are errors (a typo is not silently ignored), strings
+    are kept as typed, no string anywhere in a field (nested in lists and dicts too) holds NUL,
+    and floats are finite."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return _refuse_nul(value)
+
+
+class StrictBody(StrictInput):
+    """A request body (`ApiRequest.parse`)."""
+
+
+class StrictQuery(StrictInput):
+    """A query string's parameters, read from text (`ApiRequest.query`)."""
+
+
+class PageQuery(StrictQuery):
+    limit: Integer = Field(20, ge=1, le=100)
+    offset: Integer = Field(0, ge=0, le=1_000_000)
 
 
 class Page(BaseModel, Generic[T]):

@@ -6,7 +6,9 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, model_validator
+from pydantic import AwareDatetime, BaseModel, model_validator
+
+from shared_layer.schemas.common import StrictQuery
 
 Window = Literal["15m", "1h", "6h", "24h", "7d", "30d"]
 WINDOWS: dict[str, timedelta] = {
@@ -19,11 +21,9 @@ WINDOWS: dict[str, timedelta] = {
 }
 
 
-class MetricsQuery(BaseModel):
+class MetricsQuery(StrictQuery):
     """`?window=24h` (the default), or `?start=…&end=…` (ISO 8601 with a zone; `end` defaults to
     now). The longest range, `METRICS_MAX_RANGE_DAYS`, is checked by the service."""
-
-    model_config = ConfigDict(extra="forbid")
 
     window: Window | None = None
     start: AwareDatetime | None = None

@@ -101,3 +101,45 @@ def test_a_lone_surrogate_escape_which_no_text_can_hold_is_a_400(db, send, funct
 
     assert_problem(response, 400, "not valid JSON")
     assert table_counts(db) == before
+
+
+# NUL (U+0000): no text column of PostgreSQL can hold it, so no string of a body may.
+
+PASSWORD = "Corr3ct-horse-battery"
+TEXT_FIELDS = {
+    ("auth", "POST", "/register"): {
+        "email": "ann@example.com",
+        "password": PASSWORD,
+        "full_name": "Ann Example",
+    },
+    ("auth", "POST", "/login"): {"email": "ann@example.com", "password": PASSWORD},
+    ("auth", "POST", "/refresh"): {"refresh_token": "rt_" + "x" * 43},
+    ("agents", "POST", "/agents"): {
+        "name": "helper",
+        "description": "helps",
+        "model": "gpt-4o-mini",
+        "system_prompt": "Be brief.",
+    },
+    ("agents", "PATCH", "/agents/{agent}"): {
+        "name": "helper",
+        "description": "helps",
+        "model": "gpt-4o-mini",
+        "system_prompt": "Be brief.",
+    },
+    ("agents", "POST", "/agents/{agent}/tasks"): {"input": "Say hello"},
+    ("billing", "POST", "/checkout"): {"plan": "pro"},
+}
+NUL_CASES = [(*route, field, body) for route, body in TEXT_FIELDS.items() for field in body]
+
+
+@pytest.mark.parametrize(("function", "method", "path", "field", "valid"), NUL_CASES)
+def test_a_nul_in_any_text_field_is_a_400_naming_the_field(
+    db, send, function, method, path, field, valid
+):
+    body = {**valid, field: valid[field][:2] + "\x00" + valid[field][2:]}
+    before = table_counts(db)
+
+    response = send(function, method, path, json.dumps(body).encode())
+
+    assert_problem(response, 400, fields={field})
+    assert table_counts(db) == before
