@@ -3,15 +3,19 @@ documented schema (docs/openapi.yaml) is exactly what they check.
 
 Strings are taken as typed (no trimming: a limit or pattern counts what was sent) and none
 may hold NUL (U+0000), which no PostgreSQL text can; integers are JSON Schema's (a number
-with a zero fraction, `207.0`, is one; a string or a boolean is not).
+with a zero fraction, `207.0`, is one; a string or a boolean is not); datetimes are read in
+UTC, and one that has no date in UTC (`0001-01-01T00:00:00+14:00`) is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import (
+    AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -72,6 +76,17 @@ def _json_integer(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "datetime_utc_range", "has no date in UTC: it falls outside the years 1 to 9999"
+        ) from None
+
+
+# A datetime with a time zone, read in UTC.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 # JSON Schema's integer, in a body or a query.
 Integer = Annotated[StrictInt, BeforeValidator(_json_integer)]
 
