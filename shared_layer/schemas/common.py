@@ -9,7 +9,6 @@ UTC, and one that has no date in UTC (`0001-01-01T00:00:00+14:00`) is refused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -26,38 +25,30 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, from_json
 
+from shared_layer.utils import holds_nul, locate, not_finite
+
 T = TypeVar("T")
 
 
-def nul_at(value: Any, path: str = "") -> str | None:
-    """Where in `value` (strings, and the lists and dicts holding them) a NUL character is, as
-    a dotted path (`""`: the value itself); None if nowhere."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            found = nul_at(key, _join(path, key)) if isinstance(key, str) else None
-            found = found if found is not None else nul_at(item, _join(path, key))
-            if found is not None:
-                return found
-    elif isinstance(value, list | tuple | set | frozenset):
-        for index, item in enumerate(value):
-            found = nul_at(item, _join(path, index))
-            if found is not None:
-                return found
-    return None
-
-
-def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
 def _refuse_nul(value: Any) -> Any:
-    where = nul_at(value)
+    where = locate(value, holds_nul)
     if where is not None:
         at = f" (at {where})" if where else ""
         raise PydanticCustomError(
             "string_nul", "must not contain NUL (U+0000) characters{at}", {"at": at}
+        )
+    return value
+
+
+def _refuse_not_finite(value: Any) -> Any:
+    where = locate(value, not_finite)
+    if where is not None:
+        at = f" (at {where})" if where else ""
+        raise PydanticCustomError(
+            "finite_number",
+            "must hold finite numbers only: NaN and numbers past a double's range cannot be "
+            "stored as JSON{at}",
+            {"at": at},
         )
     return value
 
@@ -85,10 +76,17 @@ def _in_utc(value: datetime) -> datetime:
         ) from None
 
 
+# A string that holds no NUL, for the text of models that are not `StrictInput` (webhooks').
+Text = Annotated[str, AfterValidator(_refuse_nul)]
+# Any JSON value a JSON column can store: no NaN, no infinity.
+StorableJson = Annotated[Any, AfterValidator(_refuse_not_finite)]
 # A datetime with a time zone, read in UTC.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 # JSON Schema's integer, in a body or a query.
 Integer = Annotated[StrictInt, BeforeValidator(_json_integer)]
+# The latest Unix time a timestamp we read may name: the start of the year 3000.
+MAX_UNIX_SECONDS = 32_503_680_000
+UnixSeconds = Annotated[Integer, Field(ge=0, le=MAX_UNIX_SECONDS)]
 
 
 class StrictInput(BaseModel):

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared_layer.schemas.common import Integer, PageQuery, StrictBody, StrictQuery, nul_at
+from shared_layer.schemas.common import Integer, PageQuery, StrictBody, StrictQuery
+from shared_layer.utils import holds_nul, locate, not_finite
 
 
 class Nested(StrictBody):
@@ -53,9 +54,13 @@ def test_strings_are_kept_as_typed():
     assert Nested.model_validate({"note": "  spaced  ", "tags": [" a "]}).note == "  spaced  "
 
 
-def test_nul_at_names_the_first_place_or_none():
-    assert nul_at({"a": [1, {"b": "ok"}], "c": ("x", "y\x00")}) == "c.1"
-    assert nul_at(["clean", {"k": None}, 3.5]) is None
+def test_locate_names_the_first_place_or_none():
+    assert locate({"a": [1, {"b": "ok"}], "c": ("x", "y\x00")}, holds_nul) == "c.1"
+    assert locate({"a": {"b\x00": 1}}, holds_nul) == "a.b\x00"
+    assert locate("\x00", holds_nul) == ""
+    assert locate(["clean", {"k": None}, 3.5], holds_nul) is None
+    assert locate({"n": [1, 2.5, float("inf")]}, not_finite) == "n.2"
+    assert locate({"n": [1, 2.5, "inf"]}, not_finite) is None
 
 
 @pytest.mark.parametrize(
