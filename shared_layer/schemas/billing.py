@@ -15,7 +15,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
-    StrictInt,
     TypeAdapter,
 )
 from pydantic_core import PydanticCustomError
@@ -77,14 +76,16 @@ class StripeEventData(BaseModel):
 
 
 class StripeEventIn(BaseModel):
-    """A Stripe event (snapshot payload), as far as the webhook reads it."""
+    """A Stripe event (snapshot payload), as far as the webhook reads it. What it stores of
+    `data.object` is checked where it is read (`services.stripe_changes`); the event is stored
+    whole as the JSON it came as (`billing.webhook`)."""
 
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(min_length=1, max_length=255)
+    id: Text = Field(min_length=1, max_length=255)
     object: Literal["event"]
-    type: str = Field(min_length=1, max_length=100)
-    created: StrictInt = Field(ge=0)
+    type: Text = Field(min_length=1, max_length=100)
+    created: UnixSeconds
     livemode: StrictBool = False
     data: StripeEventData
 
