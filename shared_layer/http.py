@@ -12,9 +12,10 @@ A function's `main.py` declares its routes on a `Router` and hands each request 
         return router.dispatch(request)
 
 Everything that goes wrong becomes one `application/problem+json` response here: unknown
-routes (404), wrong methods (405), bodies over the limit (413), non-JSON (415), malformed JSON
-and invalid fields (400), bad tokens (401), `StratusError`s from services, and bugs (500, with
-the trace in the log and never in the response).
+routes (404), wrong methods (405), bodies over the limit (413), non-JSON (415), malformed or
+too deeply nested JSON and invalid fields (400), bad tokens (401), `StratusError`s from
+services, and bugs (500, with the trace in the log and never in the response) — and what
+functions-framework answers itself (`answer_framework_errors_with_problems`).
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def framework_crash_problem(exc: HTTPException) -> flask.Response:
 def refuse_unreadable_json_bodies() -> flask.Response | None:
     """Before functions-framework reads a CloudEvent: `cloudevents.http.from_http` reads a body
     with `json.loads`, which takes `NaN`, fails on bytes that are not UTF-8 and recurses until
-    a deeply nested body exhausts the stack (each an HTML 500). So a body must be what
+    a deeply nested body exhausts the stack (each a 500). So a body must be what
     `parse_json` reads, else a 400 saying why; only the data of a binary-mode event (its
     attributes in `ce-*` headers) may be opaque, when it is not declared JSON and holds no more
     brackets than `parse_json` nests (`json.loads` is tried on it too)."""
