@@ -1,8 +1,10 @@
-"""Bodies built to break the parser, sent to every route that reads JSON, through
-functions-framework: each is a 400 problem saying what was wrong, with nothing written.
+"""Bodies built to break the parser or the database, sent to every route that reads JSON,
+through functions-framework: each is a 400 problem saying what was wrong, with nothing written.
 
-One parser reads every JSON body (`shared_layer.http.parse_json`), so these hold for every route
-at once; the webhooks' bodies are signed, so that they get past their signature checks.
+One parser reads every JSON body (`shared_layer.http.parse_json`) and one base model every
+request body (`schemas.common.StrictBody`, which refuses NUL in any string), so these hold for
+every route at once; the webhooks' bodies are signed, so that they get past their signature
+checks.
 """
 
 from __future__ import annotations
