@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic_core import from_json
+
 PUBSUB_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
 
 
@@ -124,8 +126,8 @@ def parse_task_event(event_type: str | None, data: Any) -> TaskDelivery:
     if event_type != PUBSUB_EVENT_TYPE:
         raise NotATaskMessage(f"unexpected event type {event_type!r}")
     if isinstance(data, bytes | str):
-        try:
-            data = json.loads(data)
+        try:  # depth-limited, unlike json.loads, whose recursion a deep body exhausts
+            data = from_json(data, allow_inf_nan=False)
         except ValueError as exc:
             raise NotATaskMessage("event data is not JSON") from exc
     message = data.get("message") if isinstance(data, dict) else None
@@ -133,7 +135,9 @@ def parse_task_event(event_type: str | None, data: Any) -> TaskDelivery:
         raise NotATaskMessage("event data has no Pub/Sub message")
     message_id = str(message.get("messageId") or message.get("message_id") or "")
     try:
-        payload = json.loads(base64.b64decode(message.get("data") or "", validate=True))
+        payload = from_json(
+            base64.b64decode(message.get("data") or "", validate=True), allow_inf_nan=False
+        )
         task_id = uuid.UUID(str(payload["task_id"]))
     except (binascii.Error, ValueError, TypeError, KeyError) as exc:
         raise NotATaskMessage(f"message {message_id or '?'} does not name a task") from exc

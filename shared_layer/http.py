@@ -12,9 +12,10 @@ A function's `main.py` declares its routes on a `Router` and hands each request 
         return router.dispatch(request)
 
 Everything that goes wrong becomes one `application/problem+json` response here: unknown
-routes (404), wrong methods (405), bodies over the limit (413), non-JSON (415), malformed JSON
-and invalid fields (400), bad tokens (401), `StratusError`s from services, and bugs (500, with
-the trace in the log and never in the response).
+routes (404), wrong methods (405), bodies over the limit (413), non-JSON (415), malformed or
+too deeply nested JSON and invalid fields (400), bad tokens (401), `StratusError`s from
+services, and bugs (500, with the trace in the log and never in the response) — and what
+functions-framework answers itself (`answer_framework_errors_with_problems`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import flask
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import Map, Rule
@@ -71,6 +73,8 @@ Reply = BaseModel | list[Any] | dict[str, Any] | tuple[Any, int] | flask.Respons
 Handler = Callable[["ApiRequest"], Reply]
 
 _TEMPLATE_PARAM = re.compile(r"\{(\w+)\}")
+# How deep pydantic's JSON parser (jiter) reads arrays and objects nested in each other.
+JSON_MAX_DEPTH = 200
 
 
 @dataclass
@@ -134,8 +138,10 @@ class ApiRequest:
             raise invalid_input_from(exc, where="body") from None
 
     def query(self, model: type[M]) -> M:
+        """The query string validated against `model` as text (pydantic's strings mode: an
+        integer parameter is read as the JSON number it spells); 400 naming each parameter."""
         try:
-            return model.model_validate(self.raw.args.to_dict())
+            return model.model_validate_strings(self.raw.args.to_dict())
         except ValidationError as exc:
             raise invalid_input_from(exc, where="query") from None
 
@@ -159,24 +165,33 @@ def _max_body_bytes() -> int:
 
 
 def parse_json(data: bytes) -> Any:
-    """`data` as JSON, or a 400 saying where it is malformed (webhooks call this on the raw
-    body they have just verified)."""
+    """`data` as JSON, or a 400 saying what is wrong with it (webhooks call this on the raw body
+    they have just verified).
+
+    Read by pydantic's parser (jiter), not `json.loads`: it stops at `JSON_MAX_DEPTH` levels of
+    nesting where `json.loads` recurses until Python's stack gives out, and it refuses what
+    JSON does not have and what no text column can hold: `NaN` and `Infinity` (PostgreSQL's
+    json refuses them too), invalid UTF-8 and lone surrogate escapes."""
     try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return from_json(data, allow_inf_nan=False)
+    except ValueError as exc:
+        if str(exc).startswith("recursion limit exceeded"):
+            raise InvalidInput(
+                f"the body is nested too deeply: JSON is read up to {JSON_MAX_DEPTH} levels of "
+                f"arrays and objects ({exc})"
+            ) from None
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
 
 
 def parse_json_as(model: type[M], data: bytes, *, where: str) -> M:
-    """`data` parsed and validated as `model` in one pass (pydantic's own parser; webhooks call
-    this on the raw body they have just verified): a 400 saying where it is malformed, or
-    which fields are invalid, as `parse_json` and `invalid_input_from` would."""
+    """`data` parsed by `parse_json` and validated as `model` (webhooks call this on the raw
+    body they have just verified): a 400 saying what is wrong with the JSON, or which fields
+    are invalid, as `parse_json` and `invalid_input_from` would. Not `model_validate_json`:
+    its parser takes `NaN`, which a body stored as it came must not hold."""
+    payload = parse_json(data)
     try:
-        return model.model_validate_json(data)
+        return model.model_validate(payload)
     except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            if error["type"] == "json_invalid":
-                raise InvalidInput(f"the body is not valid JSON: {error['msg']}") from None
         raise invalid_input_from(exc, where=where) from None
 
 
@@ -223,12 +238,54 @@ def framework_problem(exc: HTTPException) -> flask.Response:
     return problem_response(problem_for(error, instance=flask.request.path))
 
 
-def answer_framework_errors_with_problems() -> None:
-    """Make functions-framework's own refusals (/favicon.ico, a body that is not a CloudEvent,
-    a wrong method on an event function) problems instead of HTML pages; called while it
-    loads a function's main.py, inside the app context of the app it is building."""
-    if flask.has_app_context():
-        flask.current_app.register_error_handler(HTTPException, framework_problem)
+def framework_crash_problem(exc: HTTPException) -> flask.Response:
+    """A problem+json 500 in place of functions-framework's `crash_handler`, whose text body is
+    `str(e)`: it says nothing of the cause. Flask has logged the exception with its trace
+    already (`Flask.log_exception`); the `X-Google-Status: crash` header is kept, as the
+    platform logs a crash by it."""
+    response = problem_response(internal_problem(instance=flask.request.path))
+    response.headers["X-Google-Status"] = "crash"
+    return response
+
+
+def refuse_unreadable_json_bodies() -> flask.Response | None:
+    """Before functions-framework reads a CloudEvent: `cloudevents.http.from_http` reads a body
+    with `json.loads`, which takes `NaN`, fails on bytes that are not UTF-8 and recurses until
+    a deeply nested body exhausts the stack (each a 500). So a body must be what
+    `parse_json` reads, else a 400 saying why; only the data of a binary-mode event (its
+    attributes in `ce-*` headers) may be opaque, when it is not declared JSON and holds no more
+    brackets than `parse_json` nests (`json.loads` is tried on it too)."""
+    from cloudevents.sdk.converters import is_binary
+
+    request = flask.request
+    if request.routing_exception is not None:  # not served (a 405): nothing will read it
+        return None
+    data = request.get_data()
+    mimetype = request.mimetype
+    declared_json = mimetype == "application/json" or mimetype.endswith("+json")
+    opaque = is_binary(dict(request.headers)) and not declared_json
+    if opaque and data.count(b"[") + data.count(b"{") <= JSON_MAX_DEPTH:
+        return None
+    try:
+        parse_json(data)
+    except InvalidInput as exc:
+        return problem_response(problem_for(exc, instance=request.path))
+    return None
+
+
+def answer_framework_errors_with_problems(*, cloud_events: bool = False) -> None:
+    """Make every answer functions-framework gives itself a problem: its refusals
+    (/favicon.ico, a body that is not a CloudEvent, a wrong method on an event function)
+    instead of HTML pages, and its 500 instead of the exception's text; for a CloudEvent
+    function (`cloud_events`), also a JSON body its parser would fail on. Called while it loads
+    a function's main.py, inside the app context of the app it is building."""
+    if not flask.has_app_context():
+        return
+    app = flask.current_app
+    app.register_error_handler(HTTPException, framework_problem)
+    app.register_error_handler(500, framework_crash_problem)
+    if cloud_events:
+        app.before_request(refuse_unreadable_json_bodies)
 
 
 def json_response(body: Any, status: int = 200) -> flask.Response:

@@ -61,7 +61,7 @@ def resolve_window(
     now = now or datetime.now(UTC)
     if query.start is None:
         return now - WINDOWS[query.window or "24h"], now
-    start, end = query.start.astimezone(UTC), (query.end or now).astimezone(UTC)
+    start, end = query.start, query.end or now  # the query's are in UTC already
     longest = timedelta(days=get_settings().metrics_max_range_days)
     if end <= start:
         raise InvalidInput("end must be after start")

@@ -33,6 +33,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared_layer.config import get_settings
+from shared_layer.utils import holds_nul, locate
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -85,6 +86,12 @@ class JsonText:
     def __init__(self, text: str) -> None:
         if "\x00" in text:  # valid JSON never holds a raw NUL; nor can a statement's text
             raise ValueError("JSON text with a NUL character")
+        # Nor can json_populate_recordset read an escaped one, even inside a json column's
+        # value; the quick search finds every candidate, the walk tells `\\u0000` apart.
+        if "\\u0000" in text and (where := locate(json.loads(text), holds_nul)) is not None:
+            raise ValueError(
+                f"it holds a NUL (U+0000) at {where or 'its top'}, which PostgreSQL cannot store"
+            )
         self.text = text
 
     def parsed(self) -> Any:

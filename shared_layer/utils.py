@@ -1,11 +1,13 @@
 """Small helpers (the seed's `utils`, kept to what the code calls and what is cheap and useful).
 
-Ids, text chunking, email syntax, dict merging, retries (tenacity), and the password rules
-that registration applies. Each does one thing; nothing here talks to a database or HTTP.
+Ids, text chunking, email syntax, dict merging, finding a value in nested JSON, retries
+(tenacity) and the password rules that registration applies. Each does one thing; nothing
+here talks to a database or HTTP.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 import string
 import time
@@ -94,6 +96,36 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             merged[key] = value
     return merged
+
+
+def locate(value: Any, match: Callable[[Any], bool], path: str = "") -> str | None:
+    """Where in `value` the first item `match` picks is, walking the lists and dicts that hold
+    items (keys too), as a dotted path from `path` (`""`: `value` itself); None if nowhere."""
+    if match(value):
+        return path
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            at = f"{path}.{key}" if path else str(key)
+            found = at if match(key) else locate(item, match, at)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            found = locate(item, match, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
+
+
+def holds_nul(item: Any) -> bool:
+    """A string with a NUL (U+0000), which no PostgreSQL text holds."""
+    return isinstance(item, str) and "\x00" in item
+
+
+def not_finite(item: Any) -> bool:
+    """A float JSON cannot write (NaN, an infinity: a number past a double's range reads as
+    one), which PostgreSQL's json refuses."""
+    return isinstance(item, float) and not math.isfinite(item)
 
 
 def retry(

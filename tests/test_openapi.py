@@ -21,6 +21,7 @@ from tests.support.openapi import (
     HTTP_METHODS,
     check_response,
     load_spec,
+    schema_errors,
     validated_client,
 )
 
@@ -216,6 +217,38 @@ def test_response_schema_has_the_fields_and_nullability_of_its_model(name):
     assert set(spec["required"]) == set(spec["properties"])
     for field, schema in model["properties"].items():
         assert _spec_nullable(spec["properties"][field]) == _pydantic_nullable(schema), field
+
+
+def _string_fields(example: dict[str, Any]) -> list[str]:
+    return [name for name, value in example.items() if isinstance(value, str)]
+
+
+@pytest.mark.parametrize("name", sorted(_REQUEST_MODELS))
+def test_documented_examples_are_valid_to_the_document_and_to_the_server(name):
+    examples = load_spec()["components"]["schemas"][name]["examples"]
+    model = _model(_REQUEST_MODELS[name])
+    for example in examples:
+        assert schema_errors(f"/components/schemas/{name}", example) == [], example
+        model.model_validate(example)
+
+
+@pytest.mark.parametrize("name", sorted(_REQUEST_MODELS))
+def test_a_nul_in_any_string_field_is_refused_by_the_document_and_by_the_server(name):
+    """Each string's `pattern` (JSON Schema's, read here by the validator the responses are
+    checked with) refuses U+0000 exactly where the server does."""
+    from pydantic import ValidationError
+
+    model = _model(_REQUEST_MODELS[name])
+    example = load_spec()["components"]["schemas"][name]["examples"][0]
+    fields = _string_fields(example)
+    assert fields
+    for field in fields:
+        bad = {**example, field: example[field][:3] + "\x00" + example[field][3:]}
+        errors = schema_errors(f"/components/schemas/{name}", bad)
+        assert [list(e.absolute_path) for e in errors] == [[field]], (field, errors)
+        with pytest.raises(ValidationError) as refused:
+            model.model_validate(bad)
+        assert [e["loc"] for e in refused.value.errors()] == [(field,)]
 
 
 def test_list_query_parameters_match_the_query_models():

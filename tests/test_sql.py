@@ -7,12 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared_layer.models import Agent, TaskStep, User
 from shared_layer.sql import (
     Db,
     Json,
+    JsonText,
     UniqueViolation,
     as_datetime,
     as_json,
@@ -183,6 +185,27 @@ def test_rows_sent_inline_as_a_json_literal_read_back_unchanged(pg: Engine) -> N
         (r["execution_id"], r["route"], as_uuid(r["user_id"]), as_datetime(r["created_at"]))
         for r in back
     ] == [(r["execution_id"], r["route"], r["user_id"], r["created_at"]) for r in rows]
+
+
+def test_json_populate_recordset_cannot_read_an_escaped_nul_that_a_json_column_holds(
+    pg: Engine,
+) -> None:
+    """Why `JsonText` refuses an escaped NUL (a Stripe event holding one is a 400): a json
+    column holds it when inserted as a value, but json_populate_recordset, which the batch
+    statements read their rows with, fails on one anywhere in its input (22P05)."""
+    held = r'{"note": "a\u0000b"}'
+    rows = f"""'[{{"id": "r", "payload": {held}}}]'"""
+    with pg.connect() as conn:
+        conn.exec_driver_sql("CREATE TEMP TABLE held (id text, payload json)")
+        conn.exec_driver_sql(f"INSERT INTO held VALUES ('i', '{held}')")
+        assert conn.exec_driver_sql("SELECT payload FROM held").scalar_one() == {"note": "a\x00b"}
+        with pytest.raises(DBAPIError, match="22P05"):
+            conn.exec_driver_sql(
+                f"INSERT INTO held SELECT * FROM json_populate_recordset(NULL::held, {rows})"
+            )
+    with pytest.raises(ValueError, match=r"NUL .* at note"):
+        JsonText(held)
+    assert JsonText(r'{"note": "a\\u0000b"}').parsed() == {"note": "a\\u0000b"}
 
 
 def test_of_session_runs_inside_the_sessions_transaction(db: Engine) -> None:

@@ -22,9 +22,7 @@ from shared_layer.services.task_execution import run_task
 
 configure_logging()
 logger = logging.getLogger(__name__)
-
-
-answer_framework_errors_with_problems()
+answer_framework_errors_with_problems(cloud_events=True)
 
 
 def _trace(event: CloudEvent) -> tuple[str | None, str | None]:

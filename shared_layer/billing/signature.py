@@ -66,15 +66,15 @@ def verify_stripe_signature(
     # as bytes: compare_digest refuses str with non-ASCII characters, which a header can hold
     if not any(hmac.compare_digest(expected, v.encode("utf-8", "replace")) for v in signatures):
         raise InvalidSignature("Stripe-Signature has no v1 signature matching the body")
-    now = time.time() if now is None else now
-    if timestamp > now + tolerance_seconds:
+    # In integers: a stamp of hundreds of digits overflows float arithmetic.
+    age = int(time.time() if now is None else now) - timestamp
+    if age < -tolerance_seconds:
         raise InvalidSignature(
-            f"Stripe-Signature timestamp is {int(timestamp - now)} s in the future; "
+            f"Stripe-Signature timestamp is {-age} s in the future; "
             f"the tolerance is {tolerance_seconds} s"
         )
-    if timestamp < now - tolerance_seconds:
+    if age > tolerance_seconds:
         raise InvalidSignature(
-            f"Stripe-Signature timestamp is {int(now - timestamp)} s old; "
-            f"the tolerance is {tolerance_seconds} s"
+            f"Stripe-Signature timestamp is {age} s old; the tolerance is {tolerance_seconds} s"
         )
     return timestamp

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from shared_layer.billing.signature import verify_stripe_signature
 from shared_layer.config import get_stripe_config
-from shared_layer.errors import UpstreamError
+from shared_layer.errors import InvalidInput, UpstreamError
 from shared_layer.http import ApiRequest, parse_json_as
 from shared_layer.schemas.billing import StripeEventIn
 from shared_layer.sql import JsonText
@@ -18,7 +18,8 @@ __all__ = ["signed_stripe_event"]
 
 def signed_stripe_event(req: ApiRequest) -> tuple[StripeEventIn, JsonText]:
     """The event, parsed and validated, and the body as it was signed (stored as it is):
-    400 for a bad signature, a stale or future timestamp or a body that is not an event;
+    400 for a bad signature, a stale or future timestamp, a body that is not an event or one
+    that cannot be stored (a NUL anywhere: `JsonText`);
     503 when no signing secret is configured."""
     config = get_stripe_config()
     if config.webhook_secret is None:
@@ -30,4 +31,8 @@ def signed_stripe_event(req: ApiRequest) -> tuple[StripeEventIn, JsonText]:
         secret=config.webhook_secret.get_secret_value(),
         tolerance_seconds=config.webhook_tolerance_seconds,
     )
-    return parse_json_as(StripeEventIn, body, where="event"), JsonText(body.decode("utf-8"))
+    event = parse_json_as(StripeEventIn, body, where="event")
+    try:
+        return event, JsonText(body.decode("utf-8"))
+    except ValueError as exc:
+        raise InvalidInput(f"the event cannot be stored as it came: {exc}") from None

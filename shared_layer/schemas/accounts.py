@@ -1,6 +1,5 @@
-"""Bodies of the auth function.
-
-Passwords are taken exactly as typed (normalised to NFKC before hashing, never stripped).
+"""Bodies of the auth function. Everything is taken as typed: an address with spaces around it
+is not an address, and a password's spaces are part of it (normalised to NFKC before hashing).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
-    StringConstraints,
     ValidationInfo,
     field_validator,
 )
@@ -22,7 +20,7 @@ from pydantic import (
 from shared_layer.password_policy import password_problems
 from shared_layer.schemas.common import StrictBody
 
-Password = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=72)]
+Password = Annotated[str, Field(min_length=1, max_length=72)]
 # An EmailStr field is built with email-validator, whose import compiles large regular
 # expressions (~14 ms): the bodies with one are built on first use, so a function that imports
 # this module for `TokenPair` or `UserPublic` (agents, through services.accounts) never pays it.

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,27 +26,18 @@ from pydantic import (
 )
 
 from shared_layer.config import get_settings
-from shared_layer.schemas.common import PageQuery, StrictBody
+from shared_layer.schemas.common import Integer, PageQuery, StrictBody
 
-
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; refusing it here keeps it a 400, not a database error.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
 AgentName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
 ModelId = Annotated[
     str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 ]
 AgentSystemName = Literal["simple", "enhanced"]
 Temperature = Annotated[StrictFloat | StrictInt, Field(ge=0, le=2, allow_inf_nan=False)]
-MaxTokens = Annotated[StrictInt, Field(ge=1, le=128_000)]
-TimeoutSeconds = Annotated[StrictInt, Field(ge=1, le=3600)]
-SystemPrompt = Annotated[Text, Field(max_length=20_000)]
-Description = Annotated[Text, Field(max_length=2000)]
+MaxTokens = Annotated[Integer, Field(ge=1, le=128_000)]
+TimeoutSeconds = Annotated[Integer, Field(ge=1, le=3600)]
+SystemPrompt = Annotated[str, Field(max_length=20_000)]
+Description = Annotated[str, Field(max_length=2000)]
 
 # The settings an agent may override; the services accept exactly these as changes.
 AGENT_SETTINGS = (
@@ -112,7 +102,7 @@ class AgentPublic(BaseModel):
 
 
 class TaskCreate(StrictBody):
-    input: Text = Field(min_length=1)
+    input: str = Field(min_length=1)
 
     @field_validator("input")
     @classmethod

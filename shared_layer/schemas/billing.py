@@ -7,11 +7,19 @@ SendGrid add fields over time, and an added field must not turn a genuine event 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+)
+from pydantic_core import PydanticCustomError
 
-from shared_layer.schemas.common import StrictBody
+from shared_layer.schemas.common import StorableJson, StrictBody, Text, UnixSeconds
 
 PaidPlanName = Literal["pro", "team"]
 PlanName = Literal["free", "pro", "team"]
@@ -68,14 +76,16 @@ class StripeEventData(BaseModel):
 
 
 class StripeEventIn(BaseModel):
-    """A Stripe event (snapshot payload), as far as the webhook reads it."""
+    """A Stripe event (snapshot payload), as far as the webhook reads it. What it stores of
+    `data.object` is checked where it is read (`services.stripe_changes`); the event is stored
+    whole as the JSON it came as (`billing.webhook`)."""
 
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(min_length=1, max_length=255)
+    id: Text = Field(min_length=1, max_length=255)
     object: Literal["event"]
-    type: str = Field(min_length=1, max_length=100)
-    created: StrictInt = Field(ge=0)
+    type: Text = Field(min_length=1, max_length=100)
+    created: UnixSeconds
     livemode: StrictBool = False
     data: StripeEventData
 
@@ -87,17 +97,38 @@ class StripeWebhookReceipt(BaseModel):
     outcome: str  # applied | stale | ignored | unmatched | duplicate
 
 
+def _fits_lower_cased(email: str) -> str:
+    # Stored trimmed and lower-cased (services.email_events), which may lengthen it: "İ" is two.
+    if len(email.strip().lower()) > EMAIL_MAX_LENGTH:
+        raise PydanticCustomError(
+            "string_too_long",
+            "is longer than {max_length} characters once lower-cased, as it is stored",
+            {"max_length": EMAIL_MAX_LENGTH},
+        )
+    return email
+
+
+EMAIL_MAX_LENGTH = 320
+SendGridEmail = Annotated[
+    Text, Field(min_length=1, max_length=EMAIL_MAX_LENGTH), AfterValidator(_fits_lower_cased)
+]
+
+
 class SendGridEventIn(BaseModel):
-    """One event of a SendGrid Event Webhook batch, as far as Stratus reads it."""
+    """One event of a SendGrid Event Webhook batch, as far as Stratus reads it: what is stored
+    as text holds no NUL and fits its column; any other field, kept in the event's JSON
+    payload, holds no number JSON cannot write."""
 
     model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, StorableJson] = Field(init=False)
 
-    email: str = Field(min_length=1, max_length=320)
-    event: str = Field(min_length=1, max_length=32)
-    sg_event_id: str = Field(min_length=1, max_length=255)
-    timestamp: StrictInt = Field(ge=0, le=32_503_680_000)  # before the year 3000
-    sg_message_id: str | None = None
-    reason: str | None = None
+    email: SendGridEmail
+    event: Text = Field(min_length=1, max_length=32)
+    sg_event_id: Text = Field(min_length=1, max_length=255)
+    timestamp: UnixSeconds
+    sg_message_id: Text | None = Field(None, max_length=255)
+    reason: Text | None = None
+    response: Text | None = None  # stored as the reason when there is none
 
 
 SendGridBatch = TypeAdapter(list[SendGridEventIn])

@@ -6,7 +6,9 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, model_validator
+
+from shared_layer.schemas.common import StrictQuery, UtcDatetime
 
 Window = Literal["15m", "1h", "6h", "24h", "7d", "30d"]
 WINDOWS: dict[str, timedelta] = {
@@ -19,15 +21,13 @@ WINDOWS: dict[str, timedelta] = {
 }
 
 
-class MetricsQuery(BaseModel):
-    """`?window=24h` (the default), or `?start=…&end=…` (ISO 8601 with a zone; `end` defaults to
-    now). The longest range, `METRICS_MAX_RANGE_DAYS`, is checked by the service."""
-
-    model_config = ConfigDict(extra="forbid")
+class MetricsQuery(StrictQuery):
+    """`?window=24h` (the default), or `?start=…&end=…` (ISO 8601 with a zone, read in UTC; `end`
+    defaults to now). The longest range, `METRICS_MAX_RANGE_DAYS`, is checked by the service."""
 
     window: Window | None = None
-    start: AwareDatetime | None = None
-    end: AwareDatetime | None = None
+    start: UtcDatetime | None = None
+    end: UtcDatetime | None = None
 
     @model_validator(mode="after")
     def _one_way_to_say_when(self) -> MetricsQuery:

@@ -20,6 +20,7 @@ from typing import Any
 from shared_layer.billing.plans import plan_for_price
 from shared_layer.errors import InvalidInput
 from shared_layer.models import utcnow
+from shared_layer.schemas.common import MAX_UNIX_SECONDS
 from shared_layer.services.billing import TERMINAL_STATUSES
 
 __all__ = [
@@ -150,18 +151,16 @@ def _sub_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
         first = items["data"][0] if isinstance(items["data"][0], dict) else {}
     price = first.get("price")
     price_id = price.get("id") if isinstance(price, dict) else price
-    # Since API version 2025-03-31 the period lives on the item; before, on the subscription.
-    start = obj.get("current_period_start", first.get("current_period_start"))
-    end = obj.get("current_period_end", first.get("current_period_end"))
-    price_id = price_id if isinstance(price_id, str) else None
+    price_id = _fits("items.data.0.price.id", price_id) if isinstance(price_id, str) else None
     return {
         "plan": plan_for_price(price_id),
         "price_id": price_id,
-        "status": _str(obj, "status"),
-        "current_period_start": _time(start),
-        "current_period_end": _time(end),
+        "status": _str(obj, "status", max_length=_STATUS_LENGTH),
+        # Since API version 2025-03-31 the period lives on the item; before, on the subscription.
+        "current_period_start": _period(obj, first, "current_period_start"),
+        "current_period_end": _period(obj, first, "current_period_end"),
         "cancel_at_period_end": bool(obj.get("cancel_at_period_end")),
-        "canceled_at": _time(obj.get("canceled_at")),
+        "canceled_at": _time("canceled_at", obj.get("canceled_at")),
     }
 
 
@@ -174,22 +173,39 @@ def _invoice_fields(obj: Mapping[str, Any], status: str) -> dict[str, Any]:
     url = obj.get("hosted_invoice_url")
     return {
         "stripe_customer_id": _str(obj, "customer"),
-        "subscription_id": subscription_id if isinstance(subscription_id, str) else None,
+        "subscription_id": _fits("subscription", subscription_id)
+        if isinstance(subscription_id, str)
+        else None,
         "status": status,
         "currency": _str(obj, "currency").lower()[:3],
         "amount_due": _int(obj, "amount_due"),
         "amount_paid": _int(obj, "amount_paid", 0),
-        "attempt_count": _int(obj, "attempt_count", 0),
+        "attempt_count": _int(obj, "attempt_count", 0, bits=32),
         "hosted_invoice_url": url if isinstance(url, str) else None,
     }
 
 
-def _str(obj: Mapping[str, Any], name: str) -> str:
+# What the columns hold (shared_layer.models): ids in String(255), a status in String(32),
+# amounts in BigInteger, the attempt count in Integer, times from Unix seconds.
+_ID_LENGTH = 255
+_STATUS_LENGTH = 32
+
+
+def _str(obj: Mapping[str, Any], name: str, *, max_length: int = _ID_LENGTH) -> str:
     value = obj.get(name)
     if isinstance(value, dict):  # an expanded object: its id
         value = value.get("id")
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"the event's data.object.{name} must be a non-empty string")
+    return _fits(name, value, max_length)
+
+
+def _fits(name: str, value: str, max_length: int = _ID_LENGTH) -> str:
+    if len(value) > max_length:
+        raise InvalidInput(
+            f"the event's data.object.{name} is {len(value)} characters; it is stored in at "
+            f"most {max_length} characters"
+        )
     return value
 
 
@@ -197,18 +213,35 @@ def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
     return _str(obj, name) if obj.get(name) is not None else None
 
 
-def _int(obj: Mapping[str, Any], name: str, default: int | None = None) -> int:
+def _int(obj: Mapping[str, Any], name: str, default: int | None = None, *, bits: int = 64) -> int:
     value = obj.get(name, default)
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidInput(f"the event's data.object.{name} must be an integer")
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if not low <= value <= high:
+        raise InvalidInput(
+            f"the event's data.object.{name} must be an integer between {low} and {high}, "
+            f"as it is stored in a {bits}-bit column"
+        )
     return value
 
 
-def _time(value: Any) -> datetime | None:
+def _period(obj: Mapping[str, Any], item: Mapping[str, Any], name: str) -> datetime | None:
+    if name in obj:
+        return _time(name, obj[name])
+    return _time(f"items.data.0.{name}", item.get(name))
+
+
+def _time(name: str, value: Any) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInput("a Stripe timestamp must be integer Unix seconds")
+        raise InvalidInput(f"the event's data.object.{name} must be integer Unix seconds")
+    if not 0 <= value <= MAX_UNIX_SECONDS:
+        raise InvalidInput(
+            f"the event's data.object.{name} must be Unix seconds between 0 and "
+            f"{MAX_UNIX_SECONDS} (the year 3000)"
+        )
     return datetime.fromtimestamp(value, UTC)
 
 

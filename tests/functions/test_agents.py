@@ -427,7 +427,7 @@ BODY_CASES = [
     ("create", b'{"name": "a", "colour": "red"}', "application/json", 400, ["colour"]),
     ("create", b'{"name": "a", "temperature": "0.5"}', "application/json", 400, ["temperature"]),
     ("create", b'{"name": "a", "temperature": 2.5}', "application/json", 400, ["temperature"]),
-    ("create", b'{"name": "a", "temperature": NaN}', "application/json", 400, ["temperature"]),
+    ("create", b'{"name": "a", "temperature": NaN}', "application/json", 400, ["not valid json"]),
     ("create", b'{"name": "a", "max_tokens": "10"}', "application/json", 400, ["max_tokens"]),
     ("create", b'{"name": "a", "max_tokens": 0}', "application/json", 400, ["max_tokens"]),
     ("create", b'{"name": "a", "timeout_seconds": 3601}', "application/json", 400, ["timeout"]),
@@ -444,7 +444,7 @@ BODY_CASES = [
     ("submit", b"{bad", "application/json", 400, ["not valid json"]),
     ("submit", b"{}", "application/json", 400, ["input", "missing"]),
     ("submit", b'{"input": 5}', "application/json", 400, ["input"]),
-    ("submit", b'{"input": "   "}', "application/json", 400, ["input"]),
+    ("submit", b'{"input": ""}', "application/json", 400, ["input"]),
     ("submit", b'{"input": "a\\u0000"}', "application/json", 400, ["input", "nul"]),
     ("submit", b'{"input": "x", "priority": 1}', "application/json", 400, ["priority"]),
     ("submit", b'{"input": "x"}', "", 415, ["application/json"]),
@@ -633,6 +633,65 @@ def test_bad_query_parameters_are_400_naming_the_parameter(db, api, an_agent, pa
     token, _ = an_agent
     problem = assert_problem(api.get(path, headers=auth(token)), 400, field)
     assert problem["errors"][0]["field"] == field
+
+
+# What the document says is what the server checks (docs/openapi.yaml)
+
+
+def test_names_and_texts_are_kept_as_typed_spaces_included(db, api, an_agent):
+    token, _ = an_agent
+    agent = create_agent(api, token, name=" spaced ", description="  two  ")
+    task = submit(api, token, agent["id"], "  hello  ")
+
+    assert (agent["name"], agent["description"]) == (" spaced ", "  two  ")
+    assert stored_task(task["id"]).input == "  hello  "
+    assert create_agent(api, token, name="spaced")["name"] == "spaced"  # another agent
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("name", " " + "n" * 100), ("name", "n" * 100 + " "), ("description", "d" * 2000 + " ")],
+)
+def test_a_limit_counts_the_string_as_typed(db, api, an_agent, field, value):
+    """Trimmed before the check, a 101-character name with a space passed maxLength 100."""
+    token, _ = an_agent
+    before = table_counts(db)
+
+    response = api.post("/agents", json={"name": "n", field: value}, headers=auth(token))
+
+    assert_problem(response, 400, fields={field})
+    assert table_counts(db) == before
+
+
+def test_integers_may_be_written_with_a_zero_fraction_as_json_schema_allows(db, api, an_agent):
+    token, _ = an_agent
+    agent = create_agent(api, token, name="whole", max_tokens=207.0, timeout_seconds=3e1)
+
+    assert (agent["max_tokens"], agent["timeout_seconds"]) == (207, 30)
+    assert api.get("/agents?limit=1.0&offset=0e0", headers=auth(token)).json["limit"] == 1
+
+
+@pytest.mark.parametrize(
+    "value", [207.5, "207", True, 1e400, [207]], ids=["fraction", "string", "bool", "inf", "list"]
+)
+def test_integers_refuse_fractions_strings_and_booleans(db, api, an_agent, value):
+    token, _ = an_agent
+    before = table_counts(db)
+    body = json.dumps({"name": "n", "max_tokens": value}).replace("Infinity", "1e400")
+
+    response = api.post("/agents", data=body, content_type="application/json", headers=auth(token))
+
+    assert_problem(response, 400, fields={"max_tokens"})
+    assert table_counts(db) == before
+
+
+@pytest.mark.parametrize("value", ["true", "1_0", "05", "1.5", "", "0x10", "1e400"])
+def test_an_integer_query_parameter_is_a_json_number_with_no_fraction(db, api, an_agent, value):
+    token, _ = an_agent
+
+    response = api.get(f"/agents?limit={value}", headers=auth(token))
+
+    assert_problem(response, 400, fields={"limit"})
 
 
 def test_publisher_in_these_tests_is_the_local_sync_one():

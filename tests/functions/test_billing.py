@@ -131,8 +131,12 @@ def test_checkout_is_refused_to_a_caller_already_on_a_paid_plan(
         ("{plan", "application/json", 400),
         ("plan=pro", "application/x-www-form-urlencoded", 415),
         (json.dumps({"plan": "pro", "x": "y" * 5000}), "application/json", 413),
+        (json.dumps({"plan": " pro "}), "application/json", 400),
     ],
-    ids=["free", "unknown", "wrong-type", "missing", "unknown-field", "malformed", "form", "large"],
+    ids=[
+        *("free", "unknown", "wrong-type", "missing", "unknown-field", "malformed", "form"),
+        *("large", "padded"),
+    ],
 )
 def test_bad_checkout_input_is_a_4xx_problem_with_nothing_written_or_asked_of_stripe(
     db, billing, fake_stripe, settings_env, user_token, body, content_type, status

@@ -9,6 +9,7 @@ import pytest
 
 from shared_layer.dashboard import CONTENT_SECURITY_POLICY
 from tests.conftest import function_app, table_counts
+from tests.support.problems import assert_problem
 
 
 def _traffic(client, user_token, push_to_task_runner) -> tuple[str, str]:
@@ -134,6 +135,37 @@ def test_huge_reversed_or_future_ranges_are_400(db, client, admin_token, query, 
     assert r.status_code == 400
     if words:
         assert words in r.json["detail"]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("start=0001-01-01T00:00:00%2B14:00", "start"),
+        ("start=9999-12-31T23:00:00Z&end=9999-12-31T23:59:59-14:00", "end"),
+    ],
+    ids=["start-before-year-1", "end-after-year-9999"],
+)
+def test_a_moment_that_is_not_a_date_in_utc_is_a_400_naming_it(
+    db, client, admin_token, query, field
+):
+    """`astimezone(UTC)` of these overflowed: a 500."""
+    _, admin = admin_token()
+    before = table_counts(db)
+
+    r = client("health").get(f"/metrics?{query}", headers={"Authorization": admin})
+
+    assert_problem(r, 400, "UTC", fields={field})
+    assert table_counts(db) == before
+
+
+def test_the_earliest_day_in_utc_can_be_asked_for(db, client, admin_token):
+    _, admin = admin_token()
+    query = "start=0001-01-01T00:00:00-10:00&end=0001-01-02T00:00:00Z"
+
+    r = client("health").get(f"/metrics?{query}", headers={"Authorization": admin})
+
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert (r.json["start"], r.json["totals"]["requests"]) == ("0001-01-01T10:00:00Z", 0)
 
 
 def test_a_non_administrator_learns_nothing_about_the_query(db, client, user_token):

@@ -22,6 +22,7 @@ from tests.support.fake_sendgrid import (
     EventSigner,
     sendgrid_event,
 )
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture
@@ -190,6 +191,93 @@ def test_a_signed_body_that_is_not_an_array_of_events_is_a_400_and_writes_nothin
     assert response.status_code == 400
     assert response.json["type"] == "https://stratus.dev/problems/invalid-input"
     assert table_counts(db) == before
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["1" * 400, "-" + "9" * 300, str(2**64), "1.7e9", " ٣ ", "1_700_000_000"],
+    ids=["400-digits", "minus-300-digits", "2**64", "float", "arabic-digits", "underscores"],
+)
+def test_an_unsigned_batch_whose_timestamp_is_not_unix_seconds_is_a_400_naming_the_header(
+    db, hook, sendgrid_signer, timestamp
+):
+    """Hundreds of digits overflowed the float arithmetic of the window check: a 500 before
+    the signature was even looked at."""
+    body = json.dumps([sendgrid_event("a@example.com")]).encode()
+    headers = {**sendgrid_signer.headers(body), TIMESTAMP_HEADER: timestamp}
+    before = table_counts(db)
+
+    response = hook.post("/", data=body, headers=headers)
+
+    problem = assert_problem(response, 400, TIMESTAMP_HEADER, "Unix seconds")
+    assert problem["type"] == "https://stratus.dev/problems/invalid-signature"
+    assert table_counts(db) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("email", "a\x00b@example.com", ["NUL"]),
+        ("event", "bou\x00nce", ["NUL"]),
+        ("sg_event_id", "ev\x00-1", ["NUL"]),
+        ("sg_message_id", "m\x00", ["NUL"]),
+        ("reason", "550 \x00", ["NUL"]),
+        ("response", "250 \x00", ["NUL"]),
+        ("response", {"code": 250}, ["string"]),
+        ("sg_message_id", "m" * 256, ["255"]),
+        ("email", "\u0130" * 160 + "@example.com", ["320"]),
+        ("timestamp", 10**30, ["less than"]),
+    ],
+    ids=[
+        *("nul-email", "nul-event", "nul-id", "nul-message-id", "nul-reason", "nul-response"),
+        *("response-not-text", "message-id-too-long", "email-too-long-lower-cased"),
+        "timestamp-huge",
+    ],
+)
+def test_a_signed_event_whose_stored_fields_cannot_be_stored_is_a_400_naming_the_field(
+    db, hook, sendgrid_signer, field, value, words
+):
+    """Every field the batch stores is checked as its column holds it (no NUL in text, the
+    column's length once lower-cased), before anything is written."""
+    good = sendgrid_event("fine@example.com", "bounce", sg_event_id="ok-1")
+    bad = {**sendgrid_event("bad@example.com", "bounce", sg_event_id="bad-1"), field: value}
+    before = table_counts(db)
+
+    response = post(hook, sendgrid_signer, [good, bad])
+
+    assert_problem(response, 400, *words, fields={f"1.{field}"})
+    assert table_counts(db) == before
+
+
+def test_a_nul_or_a_huge_number_in_a_field_only_the_payload_keeps_is_stored(
+    db, hook, sendgrid_signer
+):
+    """The payload is a JSON column, which holds an escaped NUL; a number past a double's range
+    is refused, as it would be stored as `Infinity`, which no JSON column takes."""
+    kept = sendgrid_event("a@example.com", sg_event_id="kept", useragent="Moz\x00illa")
+    body = json.dumps([kept]).encode()
+    huge = json.dumps([sendgrid_event("a@example.com", big=1.5)]).encode().replace(b"1.5", b"1e400")
+    before = table_counts(db)
+
+    stored = post(hook, sendgrid_signer, body)
+    refused = post(hook, sendgrid_signer, huge)
+
+    assert stored.status_code == 200, stored.get_data(as_text=True)
+    assert stored_events()["kept"].payload["useragent"] == "Moz\x00illa"
+    assert_problem(refused, 400, "finite", fields={"0.big"})
+    assert table_counts(db)["email_events"] == before["email_events"] + 1
+
+
+def test_a_timestamp_with_a_zero_fraction_is_an_integer_as_json_schema_has_it(
+    db, hook, sendgrid_signer
+):
+    event = sendgrid_event("a@example.com", sg_event_id="whole", timestamp=1_700_000_000)
+    body = json.dumps([event]).encode().replace(b"1700000000", b"1700000000.0")
+
+    response = post(hook, sendgrid_signer, body)
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert stored_events()["whole"].occurred_at.timestamp() == 1_700_000_000
 
 
 def test_a_broken_batch_of_many_events_names_only_its_first_faults(db, hook, sendgrid_signer):

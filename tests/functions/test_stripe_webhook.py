@@ -21,6 +21,7 @@ from shared_layer.database import session_scope
 from shared_layer.models import BillingCustomer, EmailMessage, Invoice, StripeEvent, Subscription
 from tests.conftest import STRIPE_WEBHOOK_SECRET, function_app, table_counts
 from tests.support.fake_stripe import event, invoice, stripe_signature, subscription
+from tests.support.problems import assert_problem
 
 pytestmark = pytest.mark.usefixtures("stripe_settings")
 
@@ -132,8 +133,14 @@ def test_a_missing_signature_header_is_refused(db, hook):
         json.dumps({"id": "evt_1", "object": "charge", "type": "x", "created": T0, "data": {}}),
         json.dumps(event("customer.subscription.updated", {"id": "sub_1", "customer": "cus_x"})),
         json.dumps(event("invoice.paid", {"id": "in_1", "customer": "cus_x", "currency": "usd"})),
+        json.dumps(event("payment_intent.succeeded", {"id": "pi_1", "amount": 1.5})).replace(
+            "1.5", "NaN"
+        ),
     ],
-    ids=["not-json", "array", "no-id", "bad-created", "not-an-event", "sub-no-status", "no-amount"],
+    ids=[
+        *("not-json", "array", "no-id", "bad-created", "not-an-event", "sub-no-status"),
+        *("no-amount", "nan-stored-as-it-came"),
+    ],
 )
 def test_a_signed_body_that_is_not_a_usable_stripe_event_is_a_400_and_writes_nothing(
     db, hook, user_token, body
@@ -147,6 +154,126 @@ def test_a_signed_body_that_is_not_a_usable_stripe_event_is_a_400_and_writes_not
     assert response.status_code == 400, response.json
     assert response.json["type"] == "https://stratus.dev/problems/invalid-input"
     assert table_counts(db) == before
+
+
+def _set(evt: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """`evt` with the member at the dotted `path` (list items by index) set to `value`."""
+    *parents, last = path.split(".")
+    node: Any = evt
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[int(last) if isinstance(node, list) else last] = value
+    return evt
+
+
+SUB = "data.object"
+ITEM = "data.object.items.data.0"
+UNSTORABLE = [
+    # (event kind, member, value, words the problem must hold)
+    ("sub", "created", 10**20, ["created", "less than or equal"]),
+    ("sub", f"{ITEM}.current_period_end", 10**20, ["current_period_end", "Unix seconds"]),
+    ("sub", f"{ITEM}.current_period_start", -(10**20), ["current_period_start", "Unix seconds"]),
+    ("sub", f"{SUB}.canceled_at", 2**64, ["canceled_at", "Unix seconds"]),
+    ("sub", f"{SUB}.status", "s" * 33, ["status", "32 characters"]),
+    ("sub", f"{SUB}.customer", "cus_" + "c" * 252, ["customer", "255 characters"]),
+    ("sub", f"{ITEM}.price.id", "price_" + "p" * 250, ["price", "255 characters"]),
+    ("invoice", f"{SUB}.amount_due", 2**63, ["amount_due", "between"]),
+    ("invoice", f"{SUB}.amount_paid", -(2**63) - 1, ["amount_paid", "between"]),
+    ("invoice", f"{SUB}.attempt_count", 2**31, ["attempt_count", "between"]),
+    ("invoice", f"{SUB}.id", "in_" + "i" * 253, ["id", "255 characters"]),
+    ("sub", "id", "evt_\x00", ["NUL", "id"]),
+    ("sub", "type", "customer.subscription.created\x00", ["NUL", "type"]),
+    ("sub", f"{SUB}.status", "act\x00ive", ["NUL", "data.object.status"]),
+    ("invoice", f"{SUB}.currency", "u\x00sd", ["NUL", "data.object.currency"]),
+    ("sub", f"{SUB}.metadata", {"note": "a\x00b"}, ["NUL", "data.object.metadata.note"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "member", "value", "words"),
+    UNSTORABLE,
+    ids=[
+        *("created-huge", "period-end-huge", "period-start-negative", "canceled-at-2**64"),
+        *("status-too-long", "customer-too-long", "price-too-long", "amount-due-2**63"),
+        *("amount-paid-below-bigint", "attempts-2**31", "invoice-id-too-long", "nul-event-id"),
+        *("nul-type", "nul-status", "nul-currency", "nul-unread-member"),
+    ],
+)
+def test_a_signed_event_that_cannot_be_stored_is_a_400_naming_the_member_and_writes_nothing(
+    db, hook, user_token, kind, member, value, words
+):
+    """Refused while the request reads it, before the group commit: applied, each was a 500
+    (a timestamp past datetime's range, a number past its column's, text longer than its
+    column or holding a NUL, which PostgreSQL's text and json_populate_recordset refuse)."""
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    evt = (
+        sub_event("created", "sub_a", customer, T0)
+        if kind == "sub"
+        else event("invoice.paid", invoice("in_1", customer, amount_paid=2000), created=T0)
+    )
+    before = table_counts(db)
+
+    response = deliver(hook, _set(evt, member, value))
+
+    assert_problem(response, 400, *words)
+    assert table_counts(db) == before
+
+
+def test_a_header_stamped_past_any_clock_is_refused_not_a_500(db, hook):
+    before = table_counts(db)
+
+    response = deliver(hook, event("customer.created", {"id": "cus_1"}), timestamp=10**400)
+
+    assert_problem(response, 400, "in the future")
+    assert table_counts(db) == before
+
+
+def test_created_with_a_zero_fraction_is_an_integer_as_json_schema_has_it(db, hook, user_token):
+    user_id, _ = user_token()
+    body = json.dumps(sub_event("created", "sub_a", link_customer(user_id), T0))
+    response = deliver(hook, body.replace(f'"created": {T0}', f'"created": {T0}.0'))
+
+    assert response.json["outcome"] == "applied"
+    assert stored_subscription("sub_a").version == T0
+
+
+def test_a_bad_event_among_good_ones_arriving_at_once_blocks_none_of_them(pg, user_token):
+    """Refused before they reach the group commit, the bad events never share (and so never
+    fail) a transaction with the good ones delivered at the same moment or after them."""
+    user_id, _ = user_token()
+    customer = link_customer(user_id)
+    good = [json.dumps(sub_event("created", f"sub_{n}", customer, T0 + n)) for n in range(12)]
+    bad = [
+        json.dumps(_set(sub_event("created", f"sub_bad_{n}", customer, T0), member, value))
+        for n, (member, value) in enumerate(
+            [("created", 10**20), (f"{ITEM}.current_period_end", 10**20), ("id", "evt_\x00")] * 4
+        )
+    ]
+    bodies = [body for pair in zip(bad, good, strict=True) for body in pair]
+
+    def post(body: str) -> int:
+        response = (
+            function_app("stripe_webhook")
+            .test_client()
+            .post(
+                "/",
+                data=body,
+                headers={"Stripe-Signature": stripe_signature(body, STRIPE_WEBHOOK_SECRET)},
+                content_type="application/json",
+            )
+        )
+        return response.status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(post, bodies))
+    after = post(good[0].replace('"sub_0"', '"sub_after"').replace("evt_", "evt_after_"))
+
+    assert statuses == [400, 200] * 12
+    assert after == 200
+    assert set(outcomes().values()) == {"applied"}
+    assert len(outcomes()) == 13
+    assert all(stored_subscription(f"sub_{n}").status == "active" for n in range(12))
 
 
 def test_without_a_webhook_secret_the_function_answers_503_so_stripe_retries(

@@ -14,6 +14,7 @@ from shared_layer.eventarc import PUBSUB_EVENT_TYPE, binary_cloudevent, structur
 from shared_layer.models import Task, TaskStep
 from tests.conftest import function_app, table_counts
 from tests.support.cold_imports import first_request_imports, migrated_sqlite
+from tests.support.problems import assert_problem
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -166,6 +167,10 @@ NOT_TASKS = {
         _pubsub_body({"data": base64.b64encode(b'{"task_id": "x"}').decode(), "messageId": "9"}),
     ),
     "octet-stream data": ({**_headers(), "Content-Type": "application/octet-stream"}, b"\x00\xff"),
+    "message data nested 100,000 deep": (
+        _headers(),
+        _pubsub_body({"data": base64.b64encode(b"[" * 100_000 + b"]" * 100_000).decode()}),
+    ),
 }
 
 
@@ -204,6 +209,63 @@ def test_a_request_that_is_not_a_cloudevent_gets_a_problem_that_echoes_nothing(
     if status == 405:
         assert response.headers["Allow"] == "POST"
     assert table_counts(db) == before
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+ENVELOPE = b'{"specversion": "1.0", "id": "evt-1", "source": "s", "type": "t", "data": '
+
+
+def _envelope(data: bytes) -> bytes:
+    return ENVELOPE + data + b"}"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "words"),
+    [
+        (_headers(), DEEP, ["nested", "200 levels"]),
+        (_headers(), b'{"message": ' + DEEP + b"}", ["nested", "200 levels"]),
+        ({"Content-Type": "application/cloudevents+json"}, _envelope(DEEP), ["nested"]),
+        ({"Content-Type": "application/cloudevents+json"}, DEEP, ["nested"]),
+        ({"Content-Type": "application/cloudevents+json"}, _envelope(b"NaN"), ["not valid JSON"]),
+        (_headers(), b'{"message": {"data": "", "x": Infinity}}', ["not valid JSON"]),
+        (_headers(), b'{"message": ', ["not valid JSON"]),
+        ({**_headers(), "Content-Type": "application/octet-stream"}, DEEP, ["nested"]),
+        ({"Content-Type": "text/plain"}, DEEP, ["nested"]),
+        ({"Content-Type": "text/plain"}, b"\xff", ["not valid JSON"]),
+    ],
+    ids=[
+        *("binary-deep", "binary-deep-inside", "structured-deep-data", "structured-deep"),
+        *("structured-nan", "binary-infinity", "binary-truncated", "binary-opaque-deep"),
+        *("plain-deep", "plain-not-utf-8"),
+    ],
+)
+def test_a_json_body_functions_framework_cannot_read_is_a_400_problem(
+    db, client, json_logs, headers, body, words
+):
+    """Read before functions-framework's own parser (`json.loads`, whose recursion on a deep
+    body ended in an HTML 500) by the parser every function uses."""
+    before = table_counts(db)
+
+    response = client("task_runner").post("/", headers=headers, data=body)
+
+    assert_problem(response, 400, *words)
+    assert table_counts(db) == before
+
+
+def test_an_error_functions_framework_answers_itself_is_a_problem_that_says_nothing_of_it(
+    db, client, queued_task, fake_openai, json_logs
+):
+    """Raising asks Pub/Sub for redelivery; the 500 is a problem, not the framework's text."""
+    task_id = queued_task().task_id
+    fake_openai.fail_next(503)
+
+    response = deliver(client, task_id)
+
+    problem = assert_problem(response, 500, never=["503", "UpstreamError", "retried"])
+    assert problem["type"] == "https://stratus.dev/problems/internal"
+    assert any(line["severity"] == "ERROR" and line.get("stack_trace") for line in json_logs)
 
 
 def test_an_event_for_an_unknown_task_is_acknowledged_and_logged(db, client, json_logs):

@@ -119,13 +119,19 @@ def find_operation(function: str, method: str, path: str) -> Operation | None:
     return Operation(spec_path, method, item[method], f"/paths/{_escape(spec_path)}/{method}")
 
 
-def _validate(pointer: str, body: Any, where: str) -> None:
+def schema_errors(pointer: str, value: Any) -> list[ValidationError]:
+    """What is wrong with `value` as the schema at `pointer` in the document describes it
+    (JSON Schema 2020-12, formats checked), by location; empty if nothing."""
     validator = Draft202012Validator(
         {"$ref": f"{SPEC_URI}#{pointer}"},
         registry=_registry(),
         format_checker=Draft202012Validator.FORMAT_CHECKER,
     )
-    errors = sorted(validator.iter_errors(body), key=_location)
+    return sorted(validator.iter_errors(value), key=_location)
+
+
+def _validate(pointer: str, body: Any, where: str) -> None:
+    errors = schema_errors(pointer, body)
     if errors:
         lines = [f"- at {_location(e)}: {e.message}" for e in errors[:10]]
         shown = json.dumps(body)[:1000]
