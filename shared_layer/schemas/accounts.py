@@ -1,5 +1,6 @@
-"""Bodies of the auth function. Everything is taken as typed: an address with spaces around it
-is not an address, and a password's spaces are part of it (normalised to NFKC before hashing).
+"""Bodies of the auth function. Nothing is trimmed behind the caller's back: a password's spaces
+are part of it (it is normalised to NFKC before hashing); an email address is read as
+email-validator reads one (surrounding spaces are no part of an address) and stored lower-cased.
 """
 
 from __future__ import annotations
