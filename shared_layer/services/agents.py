@@ -4,6 +4,8 @@ Every lookup is scoped to the owner: another user's agent is `NotFound`, exactly
 that does not exist, so ids reveal nothing. Names are unique per owner; the database's unique
 constraint is the arbiter, so two concurrent creates of one name yield one agent and one
 `Conflict`, never two rows or a 500. Plain SQL (`shared_layer.sql`), returning `AgentRecord`s.
+
+Row locks follow the one order, user → agent → task (services/task_claims.py explains it).
 """
 
 from __future__ import annotations
@@ -140,9 +142,15 @@ def list_agents(
     return [agent_from_row(row) for row in rows], int(total or 0)
 
 
-def get_agent(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> AgentRecord:
+def get_agent(
+    db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID, lock: bool = False
+) -> AgentRecord:
+    """The owner's agent; with `lock`, held `FOR KEY SHARE` until the transaction ends, so it
+    cannot be deleted under a task being inserted for it (a DELETE that came first makes
+    this NotFound, not the INSERT a foreign-key violation)."""
     row = db.one(
-        f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = :id AND owner_id = :owner_id",  # noqa: S608
+        f"SELECT {AGENT_COLUMNS} FROM agents"  # noqa: S608
+        f" WHERE id = :id AND owner_id = :owner_id{db.for_key_share if lock else ''}",
         {"id": agent_id, "owner_id": owner_id},
     )
     if row is None:
@@ -183,7 +191,10 @@ def update_agent(
 
 
 def delete_agent(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> None:
-    """Delete the agent; its tasks (and their steps) go with it (ON DELETE CASCADE)."""
+    """Delete the agent; its tasks (and their steps) go with it (ON DELETE CASCADE).
+
+    It locks the agent, then its tasks: the one order (user → agent → task) every writer of
+    tasks follows (services/task_claims.py), so it never deadlocks with task_runner."""
     deleted = db.execute(
         "DELETE FROM agents WHERE id = :id AND owner_id = :owner_id",
         {"id": agent_id, "owner_id": owner_id},

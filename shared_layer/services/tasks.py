@@ -124,14 +124,15 @@ def _step_from_row(row: Mapping[str, Any]) -> TaskStepRecord:
 def submit_task(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID, input: str) -> TaskRecord:
     """Store a queued task for one of the owner's agents; the caller publishes it after commit.
 
-    The user is locked first (`lock_user`), so concurrent submissions count one after
-    another."""
+    Locks in the one order (user → agent → task, services/task_claims.py): the user first
+    (`lock_user`), so concurrent submissions count one after another, then the agent, so it
+    cannot be deleted before the task is inserted."""
     settings = get_settings()
     limit = settings.task_max_input_chars
     if not input or len(input) > limit:
         raise InvalidInput(f"input must be 1 to {limit} characters")
     lock_user(db, user_id=owner_id)  # a disabled user's token runs nothing (401)
-    agent = get_agent(db, owner_id=owner_id, agent_id=agent_id)
+    agent = get_agent(db, owner_id=owner_id, agent_id=agent_id, lock=True)
     model = agent.model or settings.openai_model
     enforce_task_submission(db, user_id=owner_id, model=model)  # plan limits: 429 / 403
     now = datetime.now(UTC)
