@@ -1,8 +1,9 @@
 """Tasks from the caller's side: submit, read, list and cancel.
 
 Running a task belongs to `task_runner`; here a task is only stored `queued` (the adapter
-commits, then publishes its id). Cancelling is a conditional UPDATE from `queued`, so it races
-safely with a runner's claim: exactly one of them moves the task on. Plain SQL
+commits, then publishes its id), beside its entry in the usage ledger, which the quotas count.
+Cancelling is a conditional UPDATE from `queued`, so it races safely with a runner's claim:
+exactly one of them moves the task on. Plain SQL
 (`shared_layer.sql`), returning `TaskRecord`s and `TaskStepRecord`s.
 """
 
@@ -19,6 +20,7 @@ from shared_layer.errors import Conflict, InvalidInput, NotFound
 from shared_layer.services.agents import get_agent
 from shared_layer.services.billing import lock_user
 from shared_layer.services.quotas import enforce_task_submission
+from shared_layer.services.usage_ledger import record_submission
 from shared_layer.sql import Db, as_datetime, as_json, as_uuid
 
 __all__ = [
@@ -156,6 +158,7 @@ def submit_task(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID, input: str)
         updated_at=now,
     )
     db.insert("tasks", {k: v for k, v in vars(task).items() if k != "steps"})
+    record_submission(db, user_id=owner_id, agent_id=agent.id, task_id=task.id, at=now)
     return task
 
 
