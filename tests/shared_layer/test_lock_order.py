@@ -5,6 +5,7 @@ and a consistent end state."""
 
 from __future__ import annotations
 
+import json
 import threading
 import traceback
 import uuid
@@ -13,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import delete, func, select, update
 
 from shared_layer.database import session_scope
-from shared_layer.models import Agent, Task
+from shared_layer.models import Agent, Task, TaskMetric, UsageEntry
 from shared_layer.reaper import claim_stale_queued
 from shared_layer.services.task_execution import run_task
 from tests.conftest import function_app
@@ -68,18 +70,38 @@ def agent_with_queued_tasks(
         return agent.id, [task.id for task in tasks]
 
 
+def tokens_spent(user_id: uuid.UUID) -> tuple[int, int]:
+    """The user's tokens in the usage ledger, and in the task metrics of their runs."""
+    with session_scope() as session:
+        ledger = select(func.sum(UsageEntry.prompt_tokens + UsageEntry.completion_tokens))
+        metrics = select(func.sum(TaskMetric.prompt_tokens + TaskMetric.completion_tokens))
+        return (
+            session.scalar(ledger.where(UsageEntry.user_id == user_id)) or 0,
+            session.scalar(metrics.where(TaskMetric.user_id == user_id)) or 0,
+        )
+
+
 def tasks_of(agent_id: uuid.UUID) -> int:
     with session_scope() as session:
         return session.scalar(select(func.count()).where(Task.agent_id == agent_id)) or 0
 
 
-def test_deleting_an_agent_while_task_runner_fails_its_tasks_never_deadlocks(pg, user_token):
-    """The tasks fail in the claim's own transaction (a row stored before the rule that
-    refuses a blank system prompt): the claim's UPDATE, then the failure's UPDATE, whose
-    foreign-key check locks the agent row the DELETE holds while it waits for the task."""
+@pytest.mark.parametrize("failing", ["at the claim", "after a model call"])
+def test_deleting_an_agent_while_task_runner_fails_its_tasks_never_deadlocks(
+    pg, user_token, settings_env, failing
+):
+    """At the claim, the tasks fail in the claim's own transaction (a row stored before the
+    rule that refuses a blank system prompt): the claim's UPDATE, then the failure's UPDATE,
+    whose foreign-key check locked the agent the DELETE held while it waited for the task.
+    After a model call, the failure also writes the tokens the call spent to the usage ledger
+    (an enhanced agent planned, then the quota stopped it), which must close no cycle either,
+    and counts them whether the task is still there or not."""
+    if failing == "after a model call":
+        settings_env(BILLING_PLANS=json.dumps({"free": {"tokens_per_month": 5}}))
+    columns = {"system_prompt": ""} if failing == "at the claim" else {"system": "enhanced"}
     for _ in range(ROUNDS):
         user_id, token = user_token()
-        agent_id, task_ids = agent_with_queued_tasks(user_id, system_prompt="")
+        agent_id, task_ids = agent_with_queued_tasks(user_id, **columns)
 
         def delete(agent_id: uuid.UUID = agent_id, token: str = token) -> int:
             return status_of("DELETE", f"/agents/{agent_id}", token)
@@ -89,8 +111,12 @@ def test_deleting_an_agent_while_task_runner_fails_its_tasks_never_deadlocks(pg,
 
         assert deleted == 204, deleted
         for outcome in outcomes:
-            assert outcome in {"failed", "skipped", "missing"}, outcome
+            assert outcome in {"failed", "stale", "skipped", "missing"}, outcome
         assert tasks_of(agent_id) == 0
+        ledger, metrics = tokens_spent(user_id)
+        assert ledger == metrics  # what each run spent, as its task metric saw it
+        claimed = {"failed", "stale"} & set(outcomes)  # the first to ask the quota calls
+        assert (ledger > 0) == (failing == "after a model call" and bool(claimed))
 
 
 def test_deleting_an_agent_while_tasks_are_submitted_to_it_is_a_404_never_a_500(pg, user_token):
