@@ -5,6 +5,11 @@ that does not exist, so ids reveal nothing. Names are unique per owner; the data
 constraint is the arbiter, so two concurrent creates of one name yield one agent and one
 `Conflict`, never two rows or a 500. Plain SQL (`shared_layer.sql`), returning `AgentRecord`s.
 
+An agent is stored only if a runner can run it: create and update resolve the run
+configuration of the agent as it would be stored (its settings over the environment's
+defaults: `resolve_agent_config`, the runtime's own check), and refuse it with `InvalidInput`
+naming the fields otherwise.
+
 Row locks follow the one order, user → agent → task (services/task_claims.py explains it).
 """
 
@@ -12,10 +17,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from shared_layer.agent_config import resolve_agent_config
 from shared_layer.errors import Conflict, NotFound
 from shared_layer.schemas.agents import AGENT_SETTINGS
 from shared_layer.services.users import get_active_user
@@ -121,6 +127,7 @@ def create_agent(
         created_at=now,
         updated_at=now,
     )
+    resolve_agent_config(agent)  # runnable, or InvalidInput naming the fields
     try:
         db.insert("agents", vars(agent))
     except UniqueViolation as exc:  # a concurrent request took the name between check and write
@@ -165,7 +172,8 @@ def update_agent(
     agent_id: uuid.UUID,
     changes: Mapping[str, Any],
 ) -> AgentRecord:
-    """Apply `changes` (field -> new value; None resets a setting to the environment default)."""
+    """Apply `changes` (field -> new value; None resets a setting to the environment default)
+    if they leave an agent a runner can run (else `InvalidInput`, nothing written)."""
     unknown = set(changes) - {"name", *AGENT_SETTINGS}
     if unknown:  # the schema forbids these; reaching here is a programming error
         raise ValueError(f"not agent settings: {sorted(unknown)}")
@@ -173,6 +181,7 @@ def update_agent(
     if "name" in changes and (name is None or not isinstance(name, str)):
         raise ValueError("an agent's name cannot be reset")
     agent = get_agent(db, owner_id=owner_id, agent_id=agent_id)
+    resolve_agent_config(replace(agent, **changes))  # the agent it would leave: runnable
     if name is not None and name != agent.name:
         _check_name_free(db, owner_id=owner_id, name=name, except_id=agent.id)
     changed = {f: v for f, v in changes.items() if v != getattr(agent, f)}

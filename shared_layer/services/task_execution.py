@@ -206,7 +206,7 @@ def _claim(task_id: uuid.UUID) -> _Job | Outcome:
             try:
                 config = resolve_agent_config(agent)
             except StratusError as exc:
-                problem = exc.detail
+                problem = f"agent {task.agent_id} cannot run: {exc.detail}"
         calls = config.model_calls if config else 1
         timeout = config.timeout_seconds if config else settings.agent_timeout_seconds
         lease = timeout * calls * (settings.openai_max_retries + 1) + LEASE_MARGIN_SECONDS
