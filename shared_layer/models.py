@@ -241,13 +241,9 @@ class TaskMetric(Base):
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class UsageKind(enum.StrEnum):
-    TASK = "task"  # a task submitted: counts against tasks_per_month
-    MODEL = "model"  # tokens a run spent on model calls: counts against tokens_per_month
-
-
 class UsageEntry(Base):
-    """One line of the usage ledger, which the plan quotas count (services/usage_ledger.py).
+    """One line of the usage ledger, which the plan quotas count (services/usage_ledger.py):
+    `task` for a task submitted (tasks = 1), `model` for the tokens a run's model calls spent.
 
     Insert-only: nothing updates or deletes an entry, and `task_id` / `agent_id` are plain
     columns, not foreign keys, so deleting a task or an agent takes nothing of its usage with
