@@ -13,6 +13,10 @@ Each entry is written in the transaction of the work it counts:
 Usage in a billing period is the sum over the entries created in it (`period_totals`). Periods
 are worked out when read (services/billing.py) and change with the plan, so entries carry a
 time, not a period. Plain SQL; task_runner passes `Db.of_session(session)`.
+
+Locks: an insert locks only the user row (`FOR KEY SHARE`, its one foreign key's check), which
+the writers above already hold, being the first in the one order (user → agent → task,
+services/task_claims.py); with no foreign key to agents or tasks, the ledger adds no edge to it.
 """
 
 from __future__ import annotations
