@@ -14,9 +14,10 @@ Usage in a billing period is the sum over the entries created in it (`period_tot
 are worked out when read (services/billing.py) and change with the plan, so entries carry a
 time, not a period. Plain SQL; task_runner passes `Db.of_session(session)`.
 
-Locks: an insert locks only the user row (`FOR KEY SHARE`, its one foreign key's check), which
-the writers above already hold, being the first in the one order (user → agent → task,
-services/task_claims.py); with no foreign key to agents or tasks, the ledger adds no edge to it.
+Locks: an insert locks only the user row (`FOR KEY SHARE`, its one foreign key's check), the
+first in the one order (user → agent → task, services/task_claims.py): the writers above hold
+it already, or (a run whose task is gone) hold nothing else. With no foreign key to agents or
+tasks, the ledger adds no edge to that order.
 """
 
 from __future__ import annotations
