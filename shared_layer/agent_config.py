@@ -6,6 +6,11 @@ default system and limits (`AGENT_SYSTEM`, `OPENAI_MODEL`, `AGENT_MAX_TOKENS`, .
 non-NULL columns override them. The result is an `AgentRunConfig`: frozen and validated, so a
 runner never meets a temperature of 7 or a timeout of zero halfway through a task.
 
+`AgentRunConfig` holds the only copy of the rules an agent's settings follow (ranges, lengths,
+a model name, a system prompt that says something). The agents API applies them by resolving
+the agent it is about to store (services/agents.py), so it accepts exactly the agents a
+runner can run, and refuses the others with the same errors a runner would give.
+
 An agent is read through `AgentSettings`, the attributes resolving it needs: a record
 (`shared_layer.services.agents.AgentRecord`) or the ORM's `Agent` alike.
 """
@@ -19,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared_layer.config import get_settings
 from shared_layer.errors import InvalidInput
+from shared_layer.http import invalid_input_from
 from shared_layer.openai_config import validate_model
 
 __all__ = [
@@ -73,17 +79,25 @@ class AgentRunConfig(BaseModel):
 
     system: AgentSystemName
     model: str
-    temperature: float = Field(ge=0, le=2)
-    max_tokens: int = Field(ge=1)
+    temperature: float = Field(ge=0, le=2, allow_inf_nan=False)
+    max_tokens: int = Field(ge=1, le=128_000)
     timeout_seconds: int = Field(ge=1, le=3600)
     memory_messages: int = Field(ge=0, le=200)
-    system_prompt: str = Field(min_length=1)
+    system_prompt: str = Field(max_length=20_000)
 
     @field_validator("model")
     @classmethod
     def _model_name(cls, value: str) -> str:
         if not validate_model(value):
             raise ValueError(f"{value!r} is not a model name")
+        return value
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _says_something(cls, value: str) -> str:
+        # A blank prompt would be sent as it is: the model gets no instructions at all.
+        if not value.strip():
+            raise ValueError("must contain a character that is not whitespace")
         return value
 
     @property
@@ -123,20 +137,13 @@ def get_agent_config_for_system(system: str) -> AgentRunConfig:
 
 
 def resolve_agent_config(agent: AgentSettings) -> AgentRunConfig:
-    """The agent's run configuration; `InvalidInput` naming the fields when a stored value is
-    out of range (a row written before a limit tightened, or by hand)."""
+    """The agent's run configuration; `InvalidInput` naming the fields whose values break a
+    rule (from a request, or stored before a limit tightened, or by hand)."""
     base = get_agent_config_for_system(agent.system or get_agent_system())
     overrides = {
         name: getattr(agent, name) for name in _OVERRIDABLE if getattr(agent, name) is not None
     }
     try:
         return AgentRunConfig.model_validate({**base.model_dump(), **overrides})
-    except ValidationError as exc:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        fields = ", ".join(e["field"] for e in errors)
-        raise InvalidInput(
-            f"agent {agent.id} has an invalid configuration: {fields}", errors=errors
-        ) from None
+    except ValidationError as exc:  # the same problem a request body's errors make
+        raise invalid_input_from(exc, where="agent settings") from None

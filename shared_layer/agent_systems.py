@@ -51,37 +51,43 @@ def run_agent(
     memory: Sequence[Message] = (),
     user_id: uuid.UUID | None = None,
     before_call: Callable[[int], None] | None = None,
+    steps: list[StepRecord] | None = None,
 ) -> AgentRun:
     """Answer `request` as the configured system does; model errors propagate unchanged
     (`UpstreamError` is retryable, `LLMRequestError` is not).
 
     `before_call(tokens_used_so_far)` runs before each model call and may raise to stop the
-    run there (the task runner checks the plan's quota with it).
+    run there (the task runner checks the plan's quota with it). `steps`, when given, receives
+    each model call's step as soon as the call returns (the run's steps are that list): a
+    caller whose run failed at a later call still knows what the earlier ones spent.
     """
+    steps = [] if steps is None else steps
     prompt = config.system_prompt
     user: Message = {"role": "user", "content": request}
-    if before_call is not None:
-        before_call(0)
+
+    def call_model(purpose: str, messages: list[Message]) -> ChatResult:
+        if before_call is not None:
+            before_call(sum(s.prompt_tokens + s.completion_tokens for s in steps))
+        result = _call(config, messages, user_id)
+        steps.append(_step(purpose, messages, result))
+        return result
+
     if config.system == "simple":
-        messages = [{"role": "system", "content": prompt}, user]
-        answer = _call(config, messages, user_id)
-        return AgentRun(answer, [_step("answer", messages, answer)])
+        answer = call_model("answer", [{"role": "system", "content": prompt}, user])
+        return AgentRun(answer, steps)
     history = list(memory)
     plan_messages = [
         {"role": "system", "content": f"{prompt}\n\n{PLAN_INSTRUCTION}"},
         *history,
         user,
     ]
-    plan = _call(config, plan_messages, user_id)
-    if before_call is not None:
-        before_call(plan.prompt_tokens + plan.completion_tokens)
+    plan = call_model("plan", plan_messages)
     answer_messages = [
         {"role": "system", "content": f"{prompt}\n\nYour plan:\n{plan.content}"},
         *history,
         user,
     ]
-    answer = _call(config, answer_messages, user_id)
-    steps = [_step("plan", plan_messages, plan), _step("answer", answer_messages, answer)]
+    answer = call_model("answer", answer_messages)
     return AgentRun(answer, steps)
 
 

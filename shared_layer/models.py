@@ -277,6 +277,34 @@ class TaskMetric(Base):
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class UsageEntry(Base):
+    """One line of the usage ledger, which the plan quotas count (services/usage_ledger.py):
+    `task` for a task submitted (tasks = 1), `model` for the tokens a run's model calls spent.
+
+    Insert-only: nothing updates or deletes an entry, and `task_id` / `agent_id` are plain
+    columns, not foreign keys, so deleting a task or an agent takes nothing of its usage with
+    it. `user_id` becomes NULL if the user is deleted: the usage stays on the books.
+    """
+
+    __tablename__ = "usage_ledger"
+    __table_args__ = (
+        Index("ix_usage_ledger_user_id_created_at", "user_id", "created_at"),
+        CheckConstraint("kind IN ('task', 'model')", name="kind"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    task_id: Mapped[uuid.UUID]
+    agent_id: Mapped[uuid.UUID]
+    kind: Mapped[str] = mapped_column(String(16))
+    tasks: Mapped[int] = mapped_column(default=0)
+    prompt_tokens: Mapped[int] = mapped_column(default=0)
+    completion_tokens: Mapped[int] = mapped_column(default=0)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)  # USD, from MODEL_PRICES
+    model: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # Billing (Stripe) and email (SendGrid).
 
 

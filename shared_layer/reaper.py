@@ -11,6 +11,12 @@
   published again before another full interval passes.
 
 Duplicate messages are harmless: task_runner's claim lets exactly one run proceed.
+
+Locks: settling a lapsed lease takes the task's user and agent before the task, in the one
+order every writer of tasks follows (services/task_claims.py). The republishing UPDATE, which
+moves many queued tasks at once, takes only the tasks nobody holds (`SKIP LOCKED`): it never
+waits for a task, so it cannot close a cycle with a DELETE of their agent holding some of
+them; a task skipped is being changed by someone else, and the next run looks again.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ def claim_stale_queued(
             .where(Task.status == TaskStatus.QUEUED.value, Task.updated_at < cutoff)
             .order_by(Task.updated_at)
             .limit(limit)
+            .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
         statement = (

@@ -185,6 +185,12 @@ class Db:
         """` FOR UPDATE` where row locks exist (SQLite locks the whole file on write)."""
         return " FOR UPDATE" if self.dialect == "postgresql" else ""
 
+    @property
+    def for_key_share(self) -> str:
+        """` FOR KEY SHARE` where row locks exist: the lock a foreign-key check takes, which
+        keeps the row from being deleted (not from being changed) until the transaction ends."""
+        return " FOR KEY SHARE" if self.dialect == "postgresql" else ""
+
     def bind(self, value: Any) -> Any:
         """A Python value as SQLAlchemy would store it in this dialect."""
         if isinstance(value, uuid.UUID):

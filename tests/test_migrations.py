@@ -19,12 +19,24 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import JSON, Boolean, Engine, MetaData, create_engine, func, inspect, select, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Engine,
+    MetaData,
+    bindparam,
+    create_engine,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy import types as sqltypes
 from sqlalchemy.pool import NullPool
 
 from shared_layer.migrate import alembic_config, current_revision, downgrade, upgrade
-from shared_layer.models import Base
+from shared_layer.models import Base, UTCDateTime
 
 
 def revisions() -> list[str]:
@@ -272,3 +284,77 @@ def test_0003_makes_each_refresh_token_family_a_session_and_marks_old_hashes_leg
     assert sessions[reused].revoked_reason == "refresh_reuse"
     assert len(families) == 2
     assert legacy in (True, 1)
+
+
+def test_the_usage_ledger_starts_from_the_tasks_there_are_so_no_usage_resets(fresh):
+    """0004 fills the ledger from the tasks: a `task` entry each and a `model` entry for each
+    that stored tokens, at the task's creation, costed from its successful run's metric; every
+    period then counts what it counted from the tasks before."""
+    from shared_layer.models import Agent, Task, TaskMetric, User
+
+    upgrade(fresh, "0003")
+    now = datetime.now(UTC)
+    user_id, agent_id = uuid.uuid4(), uuid.uuid4()
+    tasks = [  # created, status, prompt and completion tokens, cost of its metric
+        (now - timedelta(days=1), "succeeded", 300, 40, 123),
+        (now - timedelta(days=2), "failed", 0, 0, None),
+        (now - timedelta(days=45), "succeeded", 10, 5, None),  # no metric kept: cost 0
+    ]
+    with fresh.begin() as conn:
+        conn.execute(insert(User.__table__).values(id=user_id, email="a@b.c", password_hash="x"))
+        conn.execute(insert(Agent.__table__).values(id=agent_id, owner_id=user_id, name="a"))
+        for created, status, prompt, completion, cost in tasks:
+            task_id = uuid.uuid4()
+            conn.execute(
+                insert(Task.__table__).values(
+                    id=task_id,
+                    agent_id=agent_id,
+                    owner_id=user_id,
+                    status=status,
+                    input="x",
+                    model="gpt-4o-mini",
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    created_at=created,
+                )
+            )
+            if cost is not None:
+                metric = {"task_id": task_id, "agent_id": agent_id, "user_id": user_id}
+                conn.execute(
+                    insert(TaskMetric.__table__).values(
+                        **metric,
+                        status=status,
+                        attempts=1,
+                        queue_wait_ms=0,
+                        run_ms=1,
+                        cost_micros=cost,
+                    )
+                )
+    since = {"since": now - timedelta(days=30)}
+    tokens = "sum(prompt_tokens + completion_tokens)"
+
+    def counted(sql: str) -> Any:  # a timestamp bound as the models store it
+        return text(sql).bindparams(bindparam("since", type_=UTCDateTime()))
+
+    with fresh.connect() as conn:
+        query = f"SELECT count(*), {tokens} FROM tasks WHERE created_at >= :since"
+        before = conn.execute(counted(query), since).one()
+    upgrade(fresh, "0004")
+
+    with fresh.connect() as conn:
+        query = f"SELECT sum(tasks), {tokens} FROM usage_ledger WHERE created_at >= :since"
+        after = conn.execute(counted(query), since).one()
+        entries = conn.execute(
+            text(
+                "SELECT kind, tasks, prompt_tokens, completion_tokens, cost_micros, model"
+                " FROM usage_ledger ORDER BY kind DESC, prompt_tokens DESC"
+            )
+        ).all()
+    assert tuple(after) == tuple(before) == (2, 340)
+    assert [tuple(e) for e in entries] == [
+        ("task", 1, 0, 0, 0, None),
+        ("task", 1, 0, 0, 0, None),
+        ("task", 1, 0, 0, 0, None),
+        ("model", 0, 300, 40, 123, "gpt-4o-mini"),
+        ("model", 0, 10, 5, 0, "gpt-4o-mini"),
+    ]

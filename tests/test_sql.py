@@ -258,6 +258,7 @@ def test_get_active_user_reads_the_record_and_refuses_a_disabled_one(db: Engine)
         ("shared_layer.services.tasks:TaskRecord", "Task"),
         ("shared_layer.services.tasks:TaskStepRecord", TaskStep),
         ("shared_layer.services.billing:SubscriptionRecord", "Subscription"),
+        ("shared_layer.services.usage_ledger:UsageEntryRecord", "UsageEntry"),
     ],
 )
 def test_each_record_mirrors_its_model(record: str, model: object) -> None:

@@ -2,7 +2,9 @@
 
 An agent setting left out (or null) means "use the environment default" (see
 `shared_layer.agent_config`); on PATCH, a field left out is unchanged and an explicit null
-resets it to that default. Numbers are strict: `"0.5"` is not a temperature.
+resets it to that default. Numbers are strict: `"0.5"` is not a temperature. The settings'
+limits are not here: they are the runtime's (`AgentRunConfig`), which the service applies to
+the agent it would store, stored values and defaults included (services/agents.py).
 
 The public views read records (`shared_layer.services.tasks`) or ORM rows alike, through the
 attributes they need (`TaskView`); nothing here imports the models or SQLAlchemy.
@@ -25,18 +27,17 @@ from pydantic import (
     model_validator,
 )
 
+from shared_layer.agent_config import AgentSystemName
 from shared_layer.config import get_settings
 from shared_layer.schemas.common import Integer, PageQuery, StrictBody
 
 AgentName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
-ModelId = Annotated[
-    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
-]
-AgentSystemName = Literal["simple", "enhanced"]
-Temperature = Annotated[StrictFloat | StrictInt, Field(ge=0, le=2, allow_inf_nan=False)]
-MaxTokens = Annotated[Integer, Field(ge=1, le=128_000)]
-TimeoutSeconds = Annotated[Integer, Field(ge=1, le=3600)]
-SystemPrompt = Annotated[str, Field(max_length=20_000)]
+# The settings as JSON must give them; their limits are AgentRunConfig's (see above).
+ModelId = str
+Temperature = StrictFloat | StrictInt
+MaxTokens = Integer
+TimeoutSeconds = Integer
+SystemPrompt = str
 Description = Annotated[str, Field(max_length=2000)]
 
 # The settings an agent may override; the services accept exactly these as changes.

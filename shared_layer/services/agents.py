@@ -4,16 +4,24 @@ Every lookup is scoped to the owner: another user's agent is `NotFound`, exactly
 that does not exist, so ids reveal nothing. Names are unique per owner; the database's unique
 constraint is the arbiter, so two concurrent creates of one name yield one agent and one
 `Conflict`, never two rows or a 500. Plain SQL (`shared_layer.sql`), returning `AgentRecord`s.
+
+An agent is stored only if a runner can run it: create and update resolve the run
+configuration of the agent as it would be stored (its settings over the environment's
+defaults: `resolve_agent_config`, the runtime's own check), and refuse it with `InvalidInput`
+naming the fields otherwise.
+
+Row locks follow the one order, user → agent → task (services/task_claims.py explains it).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from shared_layer.agent_config import resolve_agent_config
 from shared_layer.errors import Conflict, NotFound
 from shared_layer.schemas.agents import AGENT_SETTINGS
 from shared_layer.services.users import get_active_user
@@ -119,6 +127,7 @@ def create_agent(
         created_at=now,
         updated_at=now,
     )
+    resolve_agent_config(agent)  # runnable, or InvalidInput naming the fields
     try:
         db.insert("agents", vars(agent))
     except UniqueViolation as exc:  # a concurrent request took the name between check and write
@@ -140,9 +149,15 @@ def list_agents(
     return [agent_from_row(row) for row in rows], int(total or 0)
 
 
-def get_agent(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> AgentRecord:
+def get_agent(
+    db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID, lock: bool = False
+) -> AgentRecord:
+    """The owner's agent; with `lock`, held `FOR KEY SHARE` until the transaction ends, so it
+    cannot be deleted under a task being inserted for it (a DELETE that came first makes
+    this NotFound, not the INSERT a foreign-key violation)."""
     row = db.one(
-        f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = :id AND owner_id = :owner_id",  # noqa: S608
+        f"SELECT {AGENT_COLUMNS} FROM agents"  # noqa: S608
+        f" WHERE id = :id AND owner_id = :owner_id{db.for_key_share if lock else ''}",
         {"id": agent_id, "owner_id": owner_id},
     )
     if row is None:
@@ -157,7 +172,8 @@ def update_agent(
     agent_id: uuid.UUID,
     changes: Mapping[str, Any],
 ) -> AgentRecord:
-    """Apply `changes` (field -> new value; None resets a setting to the environment default)."""
+    """Apply `changes` (field -> new value; None resets a setting to the environment default)
+    if they leave an agent a runner can run (else `InvalidInput`, nothing written)."""
     unknown = set(changes) - {"name", *AGENT_SETTINGS}
     if unknown:  # the schema forbids these; reaching here is a programming error
         raise ValueError(f"not agent settings: {sorted(unknown)}")
@@ -165,6 +181,7 @@ def update_agent(
     if "name" in changes and (name is None or not isinstance(name, str)):
         raise ValueError("an agent's name cannot be reset")
     agent = get_agent(db, owner_id=owner_id, agent_id=agent_id)
+    resolve_agent_config(replace(agent, **changes))  # the agent it would leave: runnable
     if name is not None and name != agent.name:
         _check_name_free(db, owner_id=owner_id, name=name, except_id=agent.id)
     changed = {f: v for f, v in changes.items() if v != getattr(agent, f)}
@@ -183,7 +200,10 @@ def update_agent(
 
 
 def delete_agent(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID) -> None:
-    """Delete the agent; its tasks (and their steps) go with it (ON DELETE CASCADE)."""
+    """Delete the agent; its tasks (and their steps) go with it (ON DELETE CASCADE).
+
+    It locks the agent, then its tasks: the one order (user → agent → task) every writer of
+    tasks follows (services/task_claims.py), so it never deadlocks with task_runner."""
     deleted = db.execute(
         "DELETE FROM agents WHERE id = :id AND owner_id = :owner_id",
         {"id": agent_id, "owner_id": owner_id},

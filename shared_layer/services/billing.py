@@ -143,7 +143,8 @@ def plan_in_effect(db: Db, *, user_id: uuid.UUID, now: datetime | None = None) -
 def lock_user(db: Db, *, user_id: uuid.UUID) -> UserRecord:
     """The active user, locked until the transaction ends: per-user checks that must not race
     (quotas, one customer) run under it. PostgreSQL locks the row (`FOR UPDATE`); on SQLite a
-    `transaction()` already holds the database's one write lock from its start (IMMEDIATE)."""
+    `transaction()` already holds the database's one write lock from its start (IMMEDIATE).
+    A user comes first in the one lock order, user → agent → task (services/task_claims.py)."""
     row = db.one(
         f"SELECT {USER_COLUMNS} FROM users WHERE id = :id{db.for_update}",  # noqa: S608
         {"id": user_id},

@@ -6,9 +6,10 @@ up, raise `QuotaExceeded` (429) naming the limit and when it resets. What waitin
 Submission and agent creation hold the user's row lock while they count, so concurrent
 requests cannot both slip under a limit.
 
-Tokens are counted from stored task usage (`tasks.prompt_tokens + completion_tokens`), so the
-check before a model call adds the tokens the running task has used so far. Plain SQL
-(`shared_layer.sql`); task_runner, which holds an ORM session, passes `Db.of_session(session)`.
+Usage is counted from the usage ledger (services/usage_ledger.py), which deleting agents or
+tasks leaves as it is; a run's tokens enter it when the run is settled, so the check before a
+model call adds the tokens the running attempt has used so far. Plain SQL (`shared_layer.sql`);
+task_runner, which holds an ORM session, passes `Db.of_session(session)`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from shared_layer.errors import PlanLimitReached, QuotaExceeded
 from shared_layer.services.billing import PlanStatus, lock_user, plan_in_effect
+from shared_layer.services.usage_ledger import period_totals
 from shared_layer.sql import Db
 
 __all__ = [
@@ -39,16 +41,10 @@ class Usage:
 
 
 def usage_in_period(db: Db, *, user_id: uuid.UUID, status: PlanStatus) -> Usage:
-    """Tasks submitted and tokens used in the billing period, and agents owned now."""
-    row = db.one(
-        "SELECT count(id) AS tasks,"
-        " coalesce(sum(prompt_tokens + completion_tokens), 0) AS tokens"
-        " FROM tasks WHERE owner_id = :user_id"
-        " AND created_at >= :start AND created_at < :end",
-        {"user_id": user_id, "start": status.period_start, "end": status.period_end},
-    )
-    assert row is not None, "an aggregate always has a row"
-    return Usage(int(row["tasks"]), int(row["tokens"]), _agents_owned(db, user_id))
+    """Tasks submitted and tokens used in the billing period (the ledger), and agents owned
+    now."""
+    used = period_totals(db, user_id=user_id, start=status.period_start, end=status.period_end)
+    return Usage(used.tasks, used.tokens, _agents_owned(db, user_id))
 
 
 def _agents_owned(db: Db, user_id: uuid.UUID) -> int:

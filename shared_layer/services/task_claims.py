@@ -14,6 +14,17 @@ the newer run.
 A running task whose lease has lapsed (its runner died) may be claimed again while attempts
 remain; on its last attempt it fails instead (`settle_lapsed_lease`, which the lease reaper in
 shared_layer/reaper.py uses too, so a claim and a reaper settle a lapsed lease alike).
+
+Lock order. Every transaction that locks rows takes them in one order, user → agent → task
+(→ the rows that point at the task), so PostgreSQL never meets a cycle: `lock_user` and the
+agent's `FOR KEY SHARE` come before a task is inserted (services/tasks.py), a DELETE of an
+agent locks the agent, then its tasks by cascade (services/agents.py), and every transition
+here first locks the task's user, then its agent, `FOR KEY SHARE` (`_lock_parents`), before
+its UPDATE. Without that, a second UPDATE of a task in one transaction (a claim, then its
+failure) made PostgreSQL check the task's foreign keys, locking the agent *after* the task,
+while a DELETE of the agent held the agent and waited for the task: a deadlock, and a 500.
+`FOR KEY SHARE` is the lock those foreign-key checks take: it blocks only deleting the
+parent, not changing its settings.
 """
 
 from __future__ import annotations
@@ -23,14 +34,29 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, or_, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared_layer.agent_systems import StepRecord, clip
 from shared_layer.config import get_settings
-from shared_layer.models import Task, TaskStatus, TaskStep, utcnow
+from shared_layer.models import Agent, Task, TaskStatus, TaskStep, User, utcnow
 
 MAX_ERROR_CHARS = 2000
+
+
+def _lock_parents(session: Session, task_id: uuid.UUID) -> None:
+    """Lock the task's user, then its agent, `FOR KEY SHARE` (a no-op on SQLite, which locks
+    the whole database on write): what must come before the task's own row lock."""
+    owner = (
+        select(Task.agent_id)
+        .join(User, User.id == Task.owner_id)
+        .where(Task.id == task_id)
+        .with_for_update(read=True, key_share=True, of=User)
+    )
+    agent_id = session.execute(owner).scalar_one_or_none()
+    if agent_id is not None:  # else the task is gone (with its agent or user): nothing to lock
+        agent = select(Agent.id).where(Agent.id == agent_id)
+        session.execute(agent.with_for_update(read=True, key_share=True))
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
@@ -57,6 +83,7 @@ def settle_lapsed_lease(
         Task.lease_expires_at < now,
     )
     state: Literal["queued", "failed"]
+    _lock_parents(session, task_id)
     if attempts >= max_attempts:
         state = "failed"
         values = {
@@ -93,6 +120,7 @@ def _settle(
 ) -> bool:
     """Write `values` and drop the lease (stamping `finished_at` if `finished`) while the claim
     still holds; False (nothing written) if it is lost."""
+    _lock_parents(session, task_id)
     now = utcnow()
     if finished:
         values["finished_at"] = now
@@ -107,6 +135,7 @@ def _settle(
 
 def claim_task(session: Session, *, task_id: uuid.UUID, lease_seconds: int) -> int | None:
     """Claim a queued task (or one whose lease lapsed); the attempt number, or None if lost."""
+    _lock_parents(session, task_id)
     now = utcnow()
     statement = (
         update(Task)

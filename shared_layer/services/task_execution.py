@@ -4,6 +4,11 @@ Pub/Sub delivers at least once and sometimes concurrently, so correctness comes 
 (shared_layer/services/task_claims.py), not from hoping for one delivery: `run_task` claims in
 one short transaction, runs the agent with no transaction open, then settles the claim. Each
 claimed run records one task metric (`@monitor_task_execution`, shared_layer/monitoring.py).
+
+The tokens a run's model calls spent go in the usage ledger (services/usage_ledger.py) in the
+transaction that settles the run, whatever it settles to: succeeded, failed, queued again, or
+fenced out because the claim was lost (the task cancelled, reclaimed, or deleted with its
+agent). The spend was real either way; only a runner that dies mid-run takes its tokens with it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from shared_layer.agent_config import AgentRunConfig, resolve_agent_config
-from shared_layer.agent_systems import run_agent
+from shared_layer.agent_systems import StepRecord, run_agent
 from shared_layer.config import get_settings
 from shared_layer.database import session_scope
 from shared_layer.errors import StratusError, UpstreamError
@@ -34,6 +39,7 @@ from shared_layer.services.task_claims import (
     release_task,
     settle_lapsed_lease,
 )
+from shared_layer.services.usage_ledger import record_model_usage
 from shared_layer.sql import Db, driver_errors
 
 __all__ = ["run_task"]
@@ -51,6 +57,7 @@ class _Job:
     task_id: uuid.UUID
     attempt: int
     owner_id: uuid.UUID
+    agent_id: uuid.UUID
     input: str
     config: AgentRunConfig
     memory: list[dict[str, str]]
@@ -65,6 +72,7 @@ def run_task(task_id: uuid.UUID) -> Outcome:
         return claimed
     job = claimed
     started = time.perf_counter()
+    spent: list[StepRecord] = []  # each model call's step, as soon as it returns
     try:
         run = run_agent(
             config=job.config,
@@ -72,22 +80,25 @@ def run_task(task_id: uuid.UUID) -> Outcome:
             memory=job.memory,
             user_id=job.owner_id,
             before_call=_quota_guard(job),
+            steps=spent,
         )
     except UpstreamError as exc:
         with session_scope() as session:
             state = release_task(
                 session, task_id=job.task_id, attempt=job.attempt, reason=exc.detail
             )
+            _record_spend(session, job, spent)
         _log_end(job, state, started, exc.detail)
         if state == "queued":
             _observe(status="retrying")
             raise
         return state
     except StratusError as exc:
-        return _fail(job, exc.detail, started)
+        return _fail(job, exc.detail, started, spent)
     except Exception:
         logger.exception("agent run crashed", task_id=str(job.task_id), attempt=job.attempt)
-        return _fail(job, "internal error while running the agent; it has been logged", started)
+        reason = "internal error while running the agent; it has been logged"
+        return _fail(job, reason, started, spent)
     with session_scope() as session:
         stored = complete_task(
             session,
@@ -98,15 +109,43 @@ def run_task(task_id: uuid.UUID) -> Outcome:
             model=run.answer.model,
             steps=run.steps,
         )
+        _record_spend(session, job, run.steps, provider=run.answer.provider, model=run.answer.model)
     outcome: Outcome = "succeeded" if stored else "stale"
-    _observe(
-        provider=run.answer.provider,
-        model=run.answer.model,
-        prompt_tokens=sum(s.prompt_tokens for s in run.steps),
-        completion_tokens=sum(s.completion_tokens for s in run.steps),
-    )
     _log_end(job, outcome, started)
     return outcome
+
+
+def _record_spend(
+    session: Session,
+    job: _Job,
+    steps: list[StepRecord],
+    *,
+    provider: str | None = None,
+    model: str | None = None,
+) -> None:
+    """Put what the run's model calls spent in the usage ledger, in the caller's settling
+    transaction, and tell the task metric. `provider` and `model` are the answer's, when
+    there is one; else the ones the run was configured with."""
+    provider = provider or get_settings().llm_mode
+    model = model or job.config.model
+    prompt_tokens = sum(s.prompt_tokens for s in steps)
+    completion_tokens = sum(s.completion_tokens for s in steps)
+    record_model_usage(
+        Db.of_session(session),
+        user_id=job.owner_id,
+        agent_id=job.agent_id,
+        task_id=job.task_id,
+        provider=provider,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+    _observe(
+        provider=provider,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
 
 
 def _observe(**fields: object) -> None:
@@ -167,7 +206,7 @@ def _claim(task_id: uuid.UUID) -> _Job | Outcome:
             try:
                 config = resolve_agent_config(agent)
             except StratusError as exc:
-                problem = exc.detail
+                problem = f"agent {task.agent_id} cannot run: {exc.detail}"
         calls = config.model_calls if config else 1
         timeout = config.timeout_seconds if config else settings.agent_timeout_seconds
         lease = timeout * calls * (settings.openai_max_retries + 1) + LEASE_MARGIN_SECONDS
@@ -189,7 +228,7 @@ def _claim(task_id: uuid.UUID) -> _Job | Outcome:
             logger.warning("task failed before running: %s", problem, task_id=str(task_id))
             return "failed"
         memory = _memory(session, task=task, limit=config.memory_messages)
-        return _Job(task_id, attempt, task.owner_id, task.input, config, memory)
+        return _Job(task_id, attempt, task.owner_id, task.agent_id, task.input, config, memory)
 
 
 def _memory(session: Session, *, task: Task, limit: int) -> list[dict[str, str]]:
@@ -216,9 +255,10 @@ def _memory(session: Session, *, task: Task, limit: int) -> list[dict[str, str]]
     return memory
 
 
-def _fail(job: _Job, reason: str, started: float) -> Outcome:
+def _fail(job: _Job, reason: str, started: float, spent: list[StepRecord]) -> Outcome:
     with session_scope() as session:
         stored = fail_task(session, task_id=job.task_id, attempt=job.attempt, reason=reason)
+        _record_spend(session, job, spent)
     outcome: Outcome = "failed" if stored else "stale"
     _log_end(job, outcome, started, reason)
     return outcome

@@ -1,8 +1,9 @@
 """Tasks from the caller's side: submit, read, list and cancel.
 
 Running a task belongs to `task_runner`; here a task is only stored `queued` (the adapter
-commits, then publishes its id). Cancelling is a conditional UPDATE from `queued`, so it races
-safely with a runner's claim: exactly one of them moves the task on. Plain SQL
+commits, then publishes its id), beside its entry in the usage ledger, which the quotas count.
+Cancelling is a conditional UPDATE from `queued`, so it races safely with a runner's claim:
+exactly one of them moves the task on. Plain SQL
 (`shared_layer.sql`), returning `TaskRecord`s and `TaskStepRecord`s.
 """
 
@@ -19,6 +20,7 @@ from shared_layer.errors import Conflict, InvalidInput, NotFound
 from shared_layer.services.agents import get_agent
 from shared_layer.services.billing import lock_user
 from shared_layer.services.quotas import enforce_task_submission
+from shared_layer.services.usage_ledger import record_submission
 from shared_layer.sql import Db, as_datetime, as_json, as_uuid
 
 __all__ = [
@@ -124,14 +126,15 @@ def _step_from_row(row: Mapping[str, Any]) -> TaskStepRecord:
 def submit_task(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID, input: str) -> TaskRecord:
     """Store a queued task for one of the owner's agents; the caller publishes it after commit.
 
-    The user is locked first (`lock_user`), so concurrent submissions count one after
-    another."""
+    Locks in the one order (user → agent → task, services/task_claims.py): the user first
+    (`lock_user`), so concurrent submissions count one after another, then the agent, so it
+    cannot be deleted before the task is inserted."""
     settings = get_settings()
     limit = settings.task_max_input_chars
     if not input or len(input) > limit:
         raise InvalidInput(f"input must be 1 to {limit} characters")
     lock_user(db, user_id=owner_id)  # a disabled user's token runs nothing (401)
-    agent = get_agent(db, owner_id=owner_id, agent_id=agent_id)
+    agent = get_agent(db, owner_id=owner_id, agent_id=agent_id, lock=True)
     model = agent.model or settings.openai_model
     enforce_task_submission(db, user_id=owner_id, model=model)  # plan limits: 429 / 403
     now = datetime.now(UTC)
@@ -155,6 +158,7 @@ def submit_task(db: Db, *, owner_id: uuid.UUID, agent_id: uuid.UUID, input: str)
         updated_at=now,
     )
     db.insert("tasks", {k: v for k, v in vars(task).items() if k != "steps"})
+    record_submission(db, user_id=owner_id, agent_id=agent.id, task_id=task.id, at=now)
     return task
 
 

@@ -15,10 +15,11 @@ import pytest
 from sqlalchemy import func, select
 
 from shared_layer.database import session_scope
-from shared_layer.models import Agent, BillingCustomer, Subscription, Task
+from shared_layer.models import Agent, BillingCustomer, Subscription
 from tests.conftest import STRIPE_WEBHOOK_SECRET, function_app, table_counts
 from tests.support.fake_sendgrid import sendgrid_event
 from tests.support.fake_stripe import event, stripe_signature, subscription
+from tests.support.ledger import spend
 from tests.support.openapi import load_spec, validated_client
 
 
@@ -294,17 +295,9 @@ def test_usage_counts_the_tasks_tokens_and_agents_of_the_subscription_period(
         agent = Agent(owner_id=user_id, name="a")
         session.add(agent)
         session.flush()
-        for created, tokens in ((now - timedelta(days=1), 40), (now - timedelta(days=5), 1000)):
-            session.add(
-                Task(
-                    agent_id=agent.id,
-                    owner_id=user_id,
-                    input="x",
-                    created_at=created,
-                    prompt_tokens=tokens,
-                    completion_tokens=2,
-                )
-            )
+        agent_id = agent.id
+    for days_ago, tokens in ((1, 42), (5, 1000)):
+        spend(user_id, agent_id, tokens=tokens, at=now - timedelta(days=days_ago))
 
     body = billing.get("/subscription", headers=bearer(token)).json
 

@@ -143,6 +143,8 @@ def test_the_agent_schemas_config_and_services_import_no_sqlalchemy():
         ({"timeout_seconds": 3601}, "timeout_seconds"),
         ({"model": "not a model"}, "model"),
         ({"system_prompt": ""}, "system_prompt"),
+        ({"system_prompt": " \n\t"}, "system_prompt"),
+        ({"max_tokens": 128_001}, "max_tokens"),
     ],
 )
 def test_an_out_of_range_stored_value_is_invalid_input_naming_the_field(columns, field):

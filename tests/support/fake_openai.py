@@ -65,6 +65,12 @@ def chat_answer(messages: list[dict[str, Any]]) -> str:
     return "echo: " + (users[-1] if users else "")
 
 
+def chat_tokens(messages: list[dict[str, Any]]) -> int:
+    """The total tokens the fake reports for a chat completion of `messages`."""
+    prompt = sum(_tokens(_content_text(m.get("content"))) for m in messages)
+    return prompt + _tokens(chat_answer(messages))
+
+
 def fake_embedding(text: str) -> list[float]:
     """A unit vector derived from the text's SHA-256 (same text, same vector)."""
     digest = hashlib.sha256(text.encode()).digest()
