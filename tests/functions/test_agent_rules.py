@@ -30,7 +30,6 @@ CASES: list[tuple[str, Any]] = [
     ("temperature", 1.5),
     ("temperature", -0.01),
     ("temperature", 2.01),
-    ("temperature", float("nan")),
     ("max_tokens", 1),
     ("max_tokens", 128_000),
     ("max_tokens", 0),
