@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import free_port  # noqa: E402
+from bench.processes import free_port, throwaway_database  # noqa: E402
 
 TARGET_RATIO = 0.9
 START_TIMEOUT = 60.0
@@ -127,30 +127,6 @@ def load(port: int, bearer: str, *, seconds: float, clients: int) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
-def database_url(kind: str, admin_url: str, workdir: Path) -> tuple[str, str | None]:
-    if kind == "sqlite":
-        return f"sqlite:///{workdir / 'bench.db'}", None
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
-
-    name = f"stratus_bench_overhead_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return admin_url.rsplit("/", 1)[0] + "/" + name, name
-
-
-def drop(admin_url: str, name: str) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
-
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
@@ -174,7 +150,7 @@ def main() -> None:
     }
     os.environ.update(base)
     with tempfile.TemporaryDirectory() as tmp:
-        url, created = database_url(args.database, args.admin_url, Path(tmp))
+        url, drop = throwaway_database(args.database, args.admin_url, Path(tmp), "overhead")
         servers: list[subprocess.Popen[bytes]] = []
         try:
             bearer = prepare(url)
@@ -206,11 +182,10 @@ def main() -> None:
             print(f"api_call_metrics rows recorded by the monitored server: {recorded:,}")
         finally:
             stop(servers)
-            if created:
-                from shared_layer.database import reset_engine
+            from shared_layer.database import reset_engine
 
-                reset_engine()
-                drop(args.admin_url, created)
+            reset_engine()
+            drop()
 
 
 def stop(servers: list[subprocess.Popen[bytes]]) -> None:

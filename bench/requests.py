@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import free_port, stop_group  # noqa: E402
+from bench.processes import free_port, stop_group, throwaway_database  # noqa: E402
 
 START_TIMEOUT = 60.0
 PASSWORD = "bench-correct-horse-42"  # noqa: S105 - a throwaway account's
@@ -174,26 +174,6 @@ def load(port: int, request: Request, *, seconds: float, clients: int) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
-def database(kind: str, admin_url: str, workdir: Path, name: str) -> tuple[str, Callable[[], None]]:
-    """A new empty database and how to drop it."""
-    if kind == "sqlite":
-        return f"sqlite:///{workdir / f'{name}.db'}", lambda: None
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
-
-    db_name = f"stratus_bench_{name}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return admin_url.rsplit("/", 1)[0] + "/" + db_name, drop
-
-
 def checkout(revision: str, workdir: Path) -> Path:
     tree = workdir / "compare"
     subprocess.run(
@@ -262,7 +242,9 @@ def main() -> None:
             hello = Variant("hello", ROOT, "hello")
             variants.append((hello, ("GET", "/", None, {})))
             for name, tree in trees.items():
-                url, drop = database(args.database, args.admin_url, workdir, f"t{len(cleanups)}")
+                url, drop = throwaway_database(
+                    args.database, args.admin_url, workdir, f"t{len(cleanups)}"
+                )
                 cleanups.append(drop)
                 env = python_env(tree, base, {"DATABASE_URL": url})
                 seeded = seed(tree, env, args.agents)
