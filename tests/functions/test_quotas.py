@@ -177,12 +177,9 @@ def test_an_agent_beyond_the_plans_number_of_agents_is_a_403(db, client, setting
     assert table_counts(db) == before
 
 
-def test_concurrent_submissions_cannot_slip_past_the_quota(db, settings_env, user_token):
-    """The user's lock serialises the count and the insert: a row lock on PostgreSQL, the one
-    write transaction on SQLite."""
-    settings_env(BILLING_PLANS=plans(tasks_per_month=3))
-    user_id, token = user_token()
-    agent_id = new_agent(user_id)
+def submit_concurrently(agent_id: Any, token: str, *, times: int) -> list[int]:
+    """The statuses of `times` submissions to the agent made at once, from as many threads
+    (each with its own test client), sorted."""
     local = threading.local()
 
     def post(_: int) -> int:
@@ -193,8 +190,17 @@ def test_concurrent_submissions_cannot_slip_past_the_quota(db, settings_env, use
         )
         return int(response.status_code)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        statuses = sorted(pool.map(post, range(8)))
+    with ThreadPoolExecutor(max_workers=times) as pool:
+        return sorted(pool.map(post, range(times)))
+
+
+def test_concurrent_submissions_cannot_slip_past_the_quota(db, settings_env, user_token):
+    """The user's lock serialises the count and the insert: a row lock on PostgreSQL, the one
+    write transaction on SQLite."""
+    settings_env(BILLING_PLANS=plans(tasks_per_month=3))
+    user_id, token = user_token()
+    agent_id = new_agent(user_id)
+    statuses = submit_concurrently(agent_id, token, times=8)
 
     assert statuses == [202] * 3 + [429] * 5
 
@@ -367,18 +373,7 @@ def test_concurrent_submissions_at_the_limit_after_a_deletion_admit_exactly_the_
     assert [submit(client, token, first).status_code for _ in range(2)] == [202, 202]
     delete_agent(client, token, first)
     agent_id = create_agent(client, token)
-    local = threading.local()
-
-    def post(_: int) -> int:
-        if not hasattr(local, "client"):
-            local.client = function_app("agents").test_client()
-        response = local.client.post(
-            f"/agents/{agent_id}/tasks", json={"input": "hi"}, headers=bearer(token)
-        )
-        return int(response.status_code)
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        statuses = sorted(pool.map(post, range(8)))
+    statuses = submit_concurrently(agent_id, token, times=8)
 
     assert statuses == [202] * 2 + [429] * 6
     assert usage(client, token)["tasks"] == 4
