@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -108,7 +109,7 @@ def seed(tree: Path, env: dict[str, str], agents: int) -> dict[str, str]:
     return seeded
 
 
-def start(variant: Variant, env: dict[str, str]) -> None:
+def start(variant: Variant, env: dict[str, str], logs: Path | None) -> None:
     variant.port = free_port()
     if variant.function == "hello":
         source = ROOT / "bench" / "hello" / "main.py"
@@ -121,10 +122,16 @@ def start(variant: Variant, env: dict[str, str]) -> None:
         command,
         env={**env, **variant.env},
         cwd=variant.tree,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL if logs is None else open_log(logs, variant),
+        stderr=subprocess.STDOUT if logs else subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def open_log(logs: Path, variant: Variant) -> IO[bytes]:
+    logs.mkdir(parents=True, exist_ok=True)
+    name = "".join(ch if ch.isalnum() else "-" for ch in variant.label)
+    return (logs / f"{name}.log").open("wb")
 
 
 Request = tuple[str, str, bytes | None, dict[str, str]]
@@ -152,15 +159,18 @@ def wait_ready(port: int, request: Request) -> None:
 def load(port: int, request: Request, *, seconds: float, clients: int) -> float:
     """Requests per second answered 200 by `clients` keep-alive clients in `seconds`."""
     counts, failures = [0] * clients, [0] * clients
+    statuses: set[int] = set()
     stop = time.monotonic() + seconds
 
     def client(index: int) -> None:
         conn = HTTPConnection("127.0.0.1", port, timeout=30)
         while time.monotonic() < stop:
-            if send(conn, request) == 200:
+            status = send(conn, request)
+            if status == 200:
                 counts[index] += 1
             else:
                 failures[index] += 1
+                statuses.add(status)
         conn.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -170,7 +180,9 @@ def load(port: int, request: Request, *, seconds: float, clients: int) -> float:
     for thread in threads:
         thread.join()
     if sum(failures):
-        raise RuntimeError(f"{sum(failures)} requests on port {port} did not answer 200")
+        raise RuntimeError(
+            f"{sum(failures)} requests on port {port} answered {sorted(statuses)}, not 200"
+        )
     return sum(counts) / (time.monotonic() - started)
 
 
@@ -209,6 +221,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--bcrypt-rounds", type=int, default=12)
+    parser.add_argument("--logs", type=Path, help="write each server's output to a file here")
     parser.add_argument(
         "--admin-url",
         default=os.environ.get(
@@ -261,7 +274,7 @@ def main() -> None:
                         )
                         variants.append((every, request))
             for variant, _ in variants:
-                start(variant, variant.env or base)
+                start(variant, variant.env or base, args.logs)
             for variant, request in variants:
                 wait_ready(variant.port, request)
                 load(variant.port, request, seconds=1.0, clients=args.clients)  # warm up
@@ -273,7 +286,12 @@ def main() -> None:
             for round_ in range(args.rounds):
                 order = variants if round_ % 2 == 0 else list(reversed(variants))
                 for variant, request in order:
-                    rate = load(variant.port, request, seconds=args.seconds, clients=args.clients)
+                    try:
+                        rate = load(
+                            variant.port, request, seconds=args.seconds, clients=args.clients
+                        )
+                    except RuntimeError as exc:
+                        raise RuntimeError(f"{variant.label}: {exc}") from None
                     variant.rates.append(rate)
                     print(f"round {round_ + 1}  {variant.label:<55} {rate:8.1f}/s")
             report(variants)

@@ -1,9 +1,11 @@
 """Counters in the database (`throttle_counters`): the store when `REDIS_URL` is not set.
 
-`take` is one short transaction: an upsert that locks the keys' rows (inserting the missing
-ones) and returns them, then an UPDATE per key that counts the attempt. Keys come sorted, so
-concurrent attempts lock rows in one order and wait for each other instead of deadlocking.
-`settle`, after the guarded work succeeded, is one more.
+`take` is one short transaction: an upsert per key that locks its row (inserting a missing
+one) and returns it, then an UPDATE per key that counts the attempt; `settle`, after the
+guarded work succeeded, is one more, an UPDATE per key (forgetting a key resets its row: rows
+are never deleted while in use, only by the cleanup job once forgotten). Keys come sorted and
+every statement touches one row, so concurrent calls lock rows in one order and wait for each
+other instead of deadlocking (a statement over several rows locks them in its scan's order).
 """
 
 from __future__ import annotations
@@ -19,23 +21,18 @@ __all__ = ["SqlStore", "delete_expired_counters"]
 
 class SqlStore:
     def take(self, keys: Sequence[Key], now: datetime) -> float:
-        if not keys:
-            return 0.0
-        params: dict[str, object] = {"now": now, **_names(keys)}
-        values = [f"(:k{i}, 0, NULL, :now)" for i in range(len(keys))]
+        counts: dict[str, int] = {}
+        wait = 0.0
         with transaction() as db:
-            rows = db.all(
-                "INSERT INTO throttle_counters (key, attempts, blocked_until, expires_at)"  # noqa: S608 - placeholders only
-                f" VALUES {', '.join(values)}"
-                " ON CONFLICT (key) DO UPDATE SET attempts = throttle_counters.attempts"
-                " RETURNING key, attempts, blocked_until, expires_at",
-                params,
-            )
-            stored = {row["key"]: row for row in rows}
-            counts: dict[str, int] = {}
-            wait = 0.0
-            for key in keys:
-                row = stored[key.id]
+            for key in keys:  # one row per statement, so the locks come in the keys' order
+                row = db.one(
+                    "INSERT INTO throttle_counters (key, attempts, blocked_until, expires_at)"
+                    " VALUES (:key, 0, NULL, :now)"
+                    " ON CONFLICT (key) DO UPDATE SET attempts = throttle_counters.attempts"
+                    " RETURNING attempts, blocked_until, expires_at",
+                    {"key": key.id, "now": now},
+                )
+                assert row is not None, "an upsert returns its row"
                 if as_datetime(row["expires_at"]) <= now:  # forgotten: starts over
                     counts[key.id] = 0
                     continue
@@ -61,33 +58,33 @@ class SqlStore:
         return 0.0
 
     def settle(self, *, give_back: Sequence[Key], forget: Sequence[Key], now: datetime) -> None:
-        if not (give_back or forget):
-            return
+        forgotten = {key.id for key in forget}
         with transaction() as db:
-            if forget:
-                db.execute(
-                    f"DELETE FROM throttle_counters WHERE key IN ({_placeholders(len(forget))})",  # noqa: S608
-                    _names(forget),
+            for key in sorted([*give_back, *forget], key=lambda k: k.id):  # `take`'s order
+                attempts = (
+                    "0"
+                    if key.id in forgotten
+                    else "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
                 )
-            if give_back:
                 db.execute(
-                    "UPDATE throttle_counters SET"  # noqa: S608 - placeholders only
-                    " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
-                    " blocked_until = NULL"
-                    f" WHERE key IN ({_placeholders(len(give_back))}) AND expires_at > :now",
-                    {**_names(give_back), "now": now},
+                    f"UPDATE throttle_counters SET attempts = {attempts}, blocked_until = NULL"  # noqa: S608 - ours
+                    " WHERE key = :key AND expires_at > :now",
+                    {"key": key.id, "now": now},
                 )
-
-
-def _placeholders(count: int) -> str:
-    return ", ".join(f":k{i}" for i in range(count))
-
-
-def _names(keys: Sequence[Key]) -> dict[str, object]:
-    return {f"k{i}": key.id for i, key in enumerate(keys)}
 
 
 def delete_expired_counters(*, now: datetime) -> int:
-    """Delete the counters nobody has touched for their memory (the cleanup job calls this)."""
+    """Delete the counters nobody has touched for their memory (the cleanup job calls this).
+
+    On PostgreSQL it passes over rows an attempt holds right now (`SKIP LOCKED`): waiting for
+    them, while holding the others it deletes, could close a cycle with that attempt."""
     with transaction() as db:
-        return db.execute("DELETE FROM throttle_counters WHERE expires_at <= :now", {"now": now})
+        if db.dialect == "sqlite":  # one writer at a time: nothing to skip
+            return db.execute(
+                "DELETE FROM throttle_counters WHERE expires_at <= :now", {"now": now}
+            )
+        return db.execute(
+            "DELETE FROM throttle_counters WHERE key IN (SELECT key FROM throttle_counters"
+            " WHERE expires_at <= :now FOR UPDATE SKIP LOCKED)",
+            {"now": now},
+        )

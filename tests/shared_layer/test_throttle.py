@@ -151,3 +151,55 @@ def test_a_burst_of_concurrent_attempts_lets_exactly_the_free_ones_and_one_more_
 
     assert len(passed) == LIMIT.free + 1
     assert len(refused) == contenders - LIMIT.free - 1
+
+
+def test_concurrent_successes_and_attempts_never_deadlock(concurrent_store):
+    """Sign-ins of one account from one address at once: each takes the keys while others
+    settle theirs (forget two, give one back). Every store call locks the keys in one order,
+    so none of them waits for another in a cycle."""
+    pair, per_ip, account = (Limit(name, 10_000, 1) for name in ("pair", "ip", "account"))
+    keys = (Key(pair, "ann 203.0.113.7"), Key(per_ip, "203.0.113.7"), Key(account, "ann"))
+    throttle = get_throttle()
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def sign_in_repeatedly() -> None:
+        barrier.wait()
+        for _ in range(100):
+            try:
+                throttle.attempt(*keys).succeeded(forget=[pair, account])
+            except Exception as exc:  # a deadlock is what this looks for
+                errors.append(exc)
+
+    threads = [threading.Thread(target=sign_in_repeatedly) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+
+
+def test_the_cleanup_passes_over_a_counter_an_attempt_holds(pg):
+    """An attempt holding a forgotten counter's row is not waited for: the cleanup deletes the
+    others and leaves that one to its next run."""
+    from datetime import UTC, datetime, timedelta
+
+    from shared_layer.sql import transaction
+    from shared_layer.throttle import delete_expired_counters
+
+    brief = Limit("brief", free=5, cap_seconds=1, forget_seconds=0.1)
+    held, free = Key(brief, "held"), Key(brief, "free")
+    get_throttle().attempt(held)
+    get_throttle().attempt(free)
+    time.sleep(0.2)
+    with transaction() as db:
+        db.one("SELECT key FROM throttle_counters WHERE key = :k FOR UPDATE", {"k": held.id})
+        done: list[int] = []
+        cleanup = threading.Thread(
+            target=lambda: done.append(delete_expired_counters(now=datetime.now(UTC)))
+        )
+        cleanup.start()
+        cleanup.join(timeout=5)
+        assert done == [1]  # it finished while the row was held, without it
+    assert delete_expired_counters(now=datetime.now(UTC) + timedelta(seconds=1)) == 1
